@@ -1,0 +1,75 @@
+"""The :class:`Device` interface and the per-VM context devices are built in.
+
+A device is a description: it turns into QEMU arguments and kernel arguments
+when a VM is built, and holds no process or file open itself. Building is pure,
+so device matrices are tested without starting QEMU.
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import threading
+from collections.abc import Iterator
+
+
+class DeviceContext:
+    """What one VM's devices share while its command line is built.
+
+    It hands out QEMU ids that are unique within the VM and stable per device,
+    so a device asked twice (for its QEMU and its kernel arguments) names the
+    same objects both times, and two FAT directories in one VM never clash.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[int, str], str] = {}
+        self._counters: dict[str, Iterator[int]] = {}
+        self._keep_alive: list[object] = []
+
+    def id_for(self, device: object, prefix: str) -> str:
+        """Return the id of *device*'s object of kind *prefix* (``fs``, ``net``...)."""
+        key = (id(device), prefix)
+        if key not in self._ids:
+            counter = self._counters.setdefault(prefix, itertools.count())
+            self._ids[key] = f"{prefix}{next(counter)}"
+            # id() is only unique among live objects: keep the device alive with its id.
+            self._keep_alive.append(device)
+        return self._ids[key]
+
+
+class Device(abc.ABC):
+    """Something attached to a VM: it knows the QEMU and kernel arguments it needs.
+
+    Subclasses implement :meth:`qemu_args`, and :meth:`kernel_args` when the
+    guest must be told about the device. ``guest_modules`` names the kernel
+    modules the default guest loads for it.
+    """
+
+    guest_modules: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        """The QEMU command-line arguments that add this device."""
+
+    def kernel_args(self, ctx: DeviceContext) -> list[str]:
+        """Kernel command-line arguments the guest needs for this device."""
+        return []
+
+    def release(self) -> None:
+        """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""
+
+
+class _NameSequence:
+    """Process-wide default names (``share0``, ``share1``...) for devices built without one."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, Iterator[int]] = {}
+
+    def next(self, prefix: str) -> str:
+        with self._lock:
+            counter = self._counters.setdefault(prefix, itertools.count())
+            return f"{prefix}{next(counter)}"
+
+
+default_names = _NameSequence()

@@ -1,0 +1,118 @@
+"""Small devices: entropy, disks, and raw arguments for anything we do not model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pytest_qemu.devices.base import Device, DeviceContext, default_names
+from pytest_qemu.devices.options import option_string, validate_id
+from pytest_qemu.errors import ConfigurationError
+
+_DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"})
+
+
+class VirtioRandom(Device):
+    """A virtio-rng device fed from the host's ``/dev/urandom``.
+
+    Guests without it can block on the kernel's entropy pool early in boot.
+    """
+
+    guest_modules = ("virtio_pci", "virtio_rng")
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        rng = ctx.id_for(self, "rng")
+        return [
+            "-object",
+            option_string("rng-random", id=rng, filename="/dev/urandom"),
+            "-device",
+            option_string("virtio-rng-pci", rng=rng),
+        ]
+
+    def __repr__(self) -> str:
+        return "VirtioRandom()"
+
+
+class Disk(Device):
+    """A disk image attached as a virtio block device.
+
+    The default guest links it as ``/dev/disk/by-id/virtio-<serial>`` (see
+    :attr:`guest_device`). ``read_only=True`` opens the image read-only, so one
+    image can back many VMs at once.
+    """
+
+    guest_modules = ("virtio_pci", "virtio_blk")
+
+    def __init__(
+        self,
+        image: str | os.PathLike[str],
+        format: str = "raw",
+        read_only: bool = False,
+        serial: str | None = None,
+    ) -> None:
+        self.image = Path(image).absolute()
+        if not self.image.is_file() and not self.image.is_block_device():
+            raise ConfigurationError(f"disk image {self.image} does not exist or is not a file")
+        if format not in _DISK_FORMATS:
+            raise ConfigurationError(
+                f"disk format {format!r} is not supported: use one of {sorted(_DISK_FORMATS)}"
+            )
+        self.format = format
+        self.read_only = read_only
+        self.serial = validate_id(serial, "disk serial") if serial is not None else default_names.next("disk")
+        if len(self.serial) > 20:
+            raise ConfigurationError(f"disk serial {self.serial!r} is longer than 20 characters")
+
+    @property
+    def guest_device(self) -> str:
+        """The block device's path in the default guest."""
+        return f"/dev/disk/by-id/virtio-{self.serial}"
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        drive = ctx.id_for(self, "disk")
+        return [
+            "-drive",
+            # file.driver=file keeps QEMU from reading a protocol ("nbd:") into the path.
+            option_string(
+                "if=none",
+                id=drive,
+                format=self.format,
+                readonly=True if self.read_only else None,
+                **{"file.driver": "file", "file.filename": str(self.image)},
+            ),
+            "-device",
+            option_string("virtio-blk-pci", drive=drive, serial=self.serial),
+        ]
+
+    def __repr__(self) -> str:
+        return f"Disk({str(self.image)!r}, format={self.format!r}, read_only={self.read_only})"
+
+
+class ArbitraryArgs(Device):
+    """Arguments passed to QEMU and the kernel as they are, for what no device models.
+
+    Nothing is escaped or checked: the caller owns these strings.
+    """
+
+    def __init__(
+        self,
+        qemu_args: Iterable[str] = (),
+        kernel_args: Iterable[str] = (),
+        guest_modules: Iterable[str] = (),
+    ) -> None:
+        self._qemu_args = list(qemu_args)
+        self._kernel_args = list(kernel_args)
+        self.guest_modules = tuple(guest_modules)
+        for value in [*self._qemu_args, *self._kernel_args]:
+            if not isinstance(value, str):
+                raise ConfigurationError(f"argument {value!r} is not a string")
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        return list(self._qemu_args)
+
+    def kernel_args(self, ctx: DeviceContext) -> list[str]:
+        return list(self._kernel_args)
+
+    def __repr__(self) -> str:
+        return f"ArbitraryArgs({self._qemu_args!r}, {self._kernel_args!r})"

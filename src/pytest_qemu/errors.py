@@ -1,0 +1,49 @@
+"""Exceptions raised by pytest-qemu.
+
+Every error carries enough context to act on without reading our source: the
+offending value, the QEMU command line, or what to install.
+"""
+
+from __future__ import annotations
+
+
+class QemuError(Exception):
+    """Base class of every error pytest-qemu raises on purpose."""
+
+
+class ConfigurationError(QemuError, ValueError):
+    """A device, option or argument was given a value that cannot work."""
+
+
+class SetupError(QemuError):
+    """Something the plugin needs on the host is missing (QEMU, a kernel, busybox)."""
+
+
+class VMError(QemuError):
+    """A virtual machine failed; the message includes its command line and last output."""
+
+
+class BootTimeout(VMError):
+    """The guest did not answer its command agent within the boot timeout."""
+
+
+class VMExited(VMError):
+    """QEMU exited while the test still needed the virtual machine."""
+
+
+class CommandTimeout(VMError):
+    """A guest command ran longer than its timeout."""
+
+
+class CommandFailed(QemuError):
+    """A guest command run through ``vm.check`` exited with a non-zero status."""
+
+    def __init__(self, command: str, returncode: int, stdout: str, stderr: str) -> None:
+        self.command = command
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"guest command exited with status {returncode}: {command!r}\n"
+            f"--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
+        )

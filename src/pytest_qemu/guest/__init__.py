@@ -1,0 +1,1 @@
+"""The guest side: the default guest's kernel, modules and initramfs, built and cached."""

@@ -1,0 +1,101 @@
+"""Writing the default guest's initramfs: busybox, our init and agent, and modules."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+from pytest_qemu.errors import SetupError
+from pytest_qemu.guest.cpio import CpioWriter
+from pytest_qemu.guest.modules import KernelModule
+
+#: The guest scripts shipped in pytest_qemu/guest/files, and where they go in the guest.
+GUEST_SCRIPTS = {
+    "init": "init",
+    "setup": "etc/pytest-qemu/setup",
+    "agent": "etc/pytest-qemu/agent",
+}
+
+_BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
+
+
+def find_busybox() -> Path:
+    """The host's static busybox, which becomes the guest's whole userland."""
+    for candidate in _BUSYBOX_CANDIDATES:
+        if candidate.is_file():
+            return candidate
+    raise SetupError(
+        "busybox was not found: install it with `apt-get install busybox-static` "
+        "(the default guest needs the static build), or pass your own --qemu-initramfs"
+    )
+
+
+def busybox_applets(busybox: Path) -> list[str]:
+    """The applets *busybox* provides, as guest paths such as ``bin/ls``."""
+    try:
+        listing = subprocess.run(
+            [str(busybox), "--list-full"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as error:
+        raise SetupError(f"cannot list the applets of {busybox}: {error}") from error
+    return [line.strip().lstrip("/") for line in listing.splitlines() if line.strip()]
+
+
+def guest_script(name: str) -> bytes:
+    """The text of one of the guest scripts shipped with the package."""
+    return resources.files("pytest_qemu.guest").joinpath("files", name).read_bytes()
+
+
+def write_initramfs(
+    stream: BinaryIO,
+    busybox: Path,
+    applets: Sequence[str],
+    modules: Sequence[KernelModule],
+) -> None:
+    """Write a newc initramfs: busybox with its applet links, our scripts, *modules*.
+
+    *modules* must be in load order; the init loads them in that order.
+    """
+    if not _is_static(busybox):
+        raise SetupError(
+            f"{busybox} is dynamically linked and cannot run in the default guest: "
+            "install `busybox-static` instead of `busybox`"
+        )
+    with CpioWriter(stream) as archive:
+        for directory in ("dev", "proc", "sys", "tmp", "run", "root", "mnt", "etc", "usr/bin", "usr/sbin", "sbin"):
+            archive.add_directory(directory)
+        archive.add_char_device("dev/console", 5, 1)
+        archive.add_char_device("dev/null", 1, 3, mode=0o666)
+        archive.add_file("bin/busybox", busybox.read_bytes(), mode=0o755)
+        for applet in applets:
+            if applet != "bin/busybox":
+                archive.add_symlink(applet, "/bin/busybox")
+        for name, guest_path in GUEST_SCRIPTS.items():
+            archive.add_file(guest_path, guest_script(name), mode=0o755)
+        for module in modules:
+            archive.add_file(f"lib/modules/{module.name}.ko", module.load_bytes())
+        order = "".join(f"{module.name}\n" for module in modules)
+        archive.add_file("etc/pytest-qemu/modules", order.encode())
+        archive.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        archive.add_file("etc/group", b"root:x:0:\n")
+
+
+def _is_static(executable: Path) -> bool:
+    """Whether an ELF file has no PT_INTERP segment, i.e. needs no dynamic loader."""
+    with executable.open("rb") as file:
+        header = file.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:
+            return False
+        program_headers = int.from_bytes(header[32:40], "little")
+        entry_size = int.from_bytes(header[54:56], "little")
+        count = int.from_bytes(header[56:58], "little")
+        file.seek(program_headers)
+        table = file.read(entry_size * count)
+    pt_interp = 3
+    return all(
+        int.from_bytes(table[i * entry_size : i * entry_size + 4], "little") != pt_interp
+        for i in range(count)
+    )

@@ -1,0 +1,104 @@
+"""Command-line and ini options, and the settings they resolve to."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu.errors import ConfigurationError, SetupError
+
+ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
+
+# (name, help, default): each is --qemu-NAME on the command line and qemu_NAME in the ini file.
+_OPTIONS = (
+    ("binary", "QEMU binary to run", "qemu-system-x86_64"),
+    ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
+    ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
+    ("kernel-args", "extra kernel command-line arguments", ""),
+    ("accel", "accelerator: auto (KVM if a probe guest runs under it, else TCG), kvm or tcg", "auto"),
+    ("memory", "guest memory in MiB", "256"),
+    ("boot-timeout", "seconds a guest may take to come up", "120"),
+    ("cache-dir", "where built guests and probe results are kept (default ~/.cache/pytest-qemu)", ""),
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qemu", "QEMU virtual machines (pytest-qemu)")
+    for name, help_text, default in _OPTIONS:
+        dest = f"qemu_{name.replace('-', '_')}"
+        group.addoption(f"--qemu-{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]")
+        parser.addini(dest, help_text, default=default)
+
+
+def _value(config: pytest.Config, name: str) -> str:
+    dest = f"qemu_{name.replace('-', '_')}"
+    from_command_line = config.getoption(dest)
+    if from_command_line is not None:
+        return str(from_command_line)
+    return str(config.getini(dest))
+
+
+def _number(config: pytest.Config, name: str, kind: type[int] | type[float]) -> float:
+    text = _value(config, name)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigurationError(f"--qemu-{name} {text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigurationError(f"--qemu-{name} {text!r} must be greater than zero")
+    return value
+
+
+def _existing_file(config: pytest.Config, name: str) -> Path | None:
+    text = _value(config, name)
+    if not text:
+        return None
+    path = Path(text).expanduser().absolute()
+    if not path.is_file():
+        raise ConfigurationError(f"--qemu-{name} {text!r}: no such file")
+    return path
+
+
+@dataclass(frozen=True)
+class QemuSettings:
+    """The run's QEMU settings, from the command line, the ini file and defaults."""
+
+    binary: str
+    kernel: Path | None
+    initramfs: Path | None
+    kernel_args: tuple[str, ...]
+    accel: str
+    memory_mb: int
+    boot_timeout: float
+    cache_dir: Path | None
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> QemuSettings:
+        accel = _value(config, "accel")
+        if accel not in ACCELERATOR_CHOICES:
+            raise ConfigurationError(f"--qemu-accel {accel!r} is not one of {ACCELERATOR_CHOICES}")
+        cache_dir = _value(config, "cache-dir")
+        return cls(
+            binary=_value(config, "binary"),
+            kernel=_existing_file(config, "kernel"),
+            initramfs=_existing_file(config, "initramfs"),
+            kernel_args=tuple(shlex.split(_value(config, "kernel-args"))),
+            accel=accel,
+            memory_mb=int(_number(config, "memory", int)),
+            boot_timeout=_number(config, "boot-timeout", float),
+            cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
+        )
+
+    def resolved_binary(self) -> str:
+        """The QEMU binary's path; a clear error if it is not installed."""
+        found = shutil.which(self.binary)
+        if found is None:
+            raise SetupError(
+                f"QEMU binary {self.binary!r} was not found: install it with "
+                "`apt-get install qemu-system-x86`, or name another with --qemu-binary"
+            )
+        return found

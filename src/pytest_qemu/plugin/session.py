@@ -1,0 +1,50 @@
+"""Run-wide plugin state: the default guest, the accelerator decision, each test's VMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu.errors import QemuError
+from pytest_qemu.guest.cache import BuildCache, default_cache_dir
+from pytest_qemu.guest.default import DefaultGuest
+from pytest_qemu.plugin.options import QemuSettings
+from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
+
+settings_key = pytest.StashKey[QemuSettings]()
+guest_key = pytest.StashKey[DefaultGuest]()
+accelerator_key = pytest.StashKey[AcceleratorChoice]()
+factories_key = pytest.StashKey[list]()  # type: ignore[type-arg]
+
+
+def settings(config: pytest.Config) -> QemuSettings:
+    if settings_key not in config.stash:
+        config.stash[settings_key] = QemuSettings.from_config(config)
+    return config.stash[settings_key]
+
+
+def cache_dir(config: pytest.Config) -> Path:
+    return settings(config).cache_dir or default_cache_dir()
+
+
+def default_guest(config: pytest.Config) -> DefaultGuest:
+    if guest_key not in config.stash:
+        config.stash[guest_key] = DefaultGuest(BuildCache(cache_dir(config)))
+    return config.stash[guest_key]
+
+
+def accelerator_choice(config: pytest.Config) -> AcceleratorChoice:
+    """The accelerator for this run, probed once (and cached on disk until the host reboots)."""
+    if accelerator_key not in config.stash:
+        run_settings = settings(config)
+        kernel = run_settings.kernel
+        if kernel is None:
+            try:
+                kernel = default_guest(config).kernel_image()
+            except QemuError:
+                kernel = None  # the boot-sector probe needs no kernel
+        config.stash[accelerator_key] = choose_accelerator(
+            run_settings.accel, run_settings.binary, cache_dir(config), kernel
+        )
+    return config.stash[accelerator_key]

@@ -1,0 +1,139 @@
+"""Building a VM's QEMU command line. Pure: no files are read and nothing is started."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_qemu.devices.base import Device, DeviceContext
+from pytest_qemu.devices.options import option_string
+from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.vm.agent import AGENT_PORT_NAME
+
+ACCELERATORS = ("tcg", "kvm")
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything that decides a VM's command line."""
+
+    kernel: Path
+    initramfs: Path | None = None
+    kernel_args: Sequence[str] = ()
+    devices: Sequence[Device] = ()
+    qemu: str = "qemu-system-x86_64"
+    accelerator: str = "tcg"
+    memory_mb: int = 256
+    cpus: int = 1
+    machine: str = "pc"
+    extra_args: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ConfigurationError(
+                f"accelerator {self.accelerator!r} is not supported: use one of {ACCELERATORS}"
+            )
+        if not isinstance(self.memory_mb, int) or not 64 <= self.memory_mb <= 1024 * 1024:
+            raise ConfigurationError(
+                f"memory {self.memory_mb!r} MiB is not valid: give a whole number of MiB, at least 64"
+            )
+        if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 255:
+            raise ConfigurationError(f"cpus {self.cpus!r} is not valid: give a number from 1 to 255")
+        for device in self.devices:
+            if not isinstance(device, Device):
+                raise ConfigurationError(
+                    f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
+                )
+
+
+@dataclass(frozen=True)
+class RuntimePaths:
+    """Where one VM's sockets and logs live."""
+
+    qmp_socket: Path
+    console_socket: Path
+    agent_socket: Path
+    console_log: Path
+
+    @classmethod
+    def in_directory(cls, socket_dir: Path, log_dir: Path) -> RuntimePaths:
+        return cls(
+            qmp_socket=socket_dir / "qmp.sock",
+            console_socket=socket_dir / "console.sock",
+            agent_socket=socket_dir / "agent.sock",
+            console_log=log_dir / "console.log",
+        )
+
+
+@dataclass
+class BuiltCommandLine:
+    argv: list[str]
+    kernel_args: list[str] = field(default_factory=list)
+
+
+def _unique(values: Sequence[str], what: str, devices: Sequence[Device]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ConfigurationError(
+                f"two devices use the same {what} {value!r}: give each a different one ({devices!r})"
+            )
+        seen.add(value)
+
+
+def _check_guest_names(devices: Sequence[Device]) -> None:
+    """Reject two shares with one 9p tag, FAT name or guest path: they would shadow each other."""
+    tags = [tag for device in devices if isinstance(tag := getattr(device, "tag", None), str)]
+    names = [name for device in devices if isinstance(name := getattr(device, "name", None), str)]
+    paths = [path for device in devices if isinstance(path := getattr(device, "guest_path", None), str)]
+    _unique(tags, "9p tag", devices)
+    _unique(names, "FAT name", devices)
+    _unique(paths, "guest path", devices)
+
+
+def build_command_line(spec: MachineSpec, paths: RuntimePaths) -> BuiltCommandLine:
+    """The QEMU argv for *spec*, with QMP, console and agent on UNIX sockets at *paths*."""
+    _check_guest_names(spec.devices)
+    ctx = DeviceContext()
+    device_args: list[str] = []
+    kernel_args = list(spec.kernel_args)
+    for device in spec.devices:
+        device_args += device.qemu_args(ctx)
+        kernel_args += device.kernel_args(ctx)
+
+    def server_socket(chardev_id: str, path: Path, **options: str | bool) -> str:
+        return option_string("socket", id=chardev_id, path=str(path), server=True, wait=False, **options)
+
+    argv = [
+        spec.qemu,
+        "-name", "pytest-qemu",
+        "-machine", spec.machine,
+        "-accel", spec.accelerator,
+        "-nodefaults",
+        "-no-user-config",
+        "-display", "none",
+        # Guest reboot or panic ends QEMU, so a crashed guest is reported at once.
+        "-no-reboot",
+        "-m", str(spec.memory_mb),
+        "-smp", str(spec.cpus),
+        "-kernel", str(spec.kernel),
+    ]  # fmt: skip
+    if spec.initramfs is not None:
+        argv += ["-initrd", str(spec.initramfs)]
+    if kernel_args:
+        argv += ["-append", " ".join(kernel_args)]
+    argv += [
+        "-chardev", server_socket("qmp", paths.qmp_socket),
+        "-mon", "chardev=qmp,mode=control",
+        "-chardev", server_socket(
+            "console", paths.console_socket, logfile=str(paths.console_log), logappend=False
+        ),
+        "-serial", "chardev:console",
+        "-device", "virtio-serial-pci,id=agent-serial",
+        "-chardev", server_socket("agent", paths.agent_socket),
+        "-device", f"virtserialport,bus=agent-serial.0,chardev=agent,name={AGENT_PORT_NAME}",
+    ]  # fmt: skip
+    argv += device_args
+    argv += list(spec.extra_args)
+    return BuiltCommandLine(argv, kernel_args)

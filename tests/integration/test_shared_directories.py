@@ -1,0 +1,60 @@
+"""Shared directories and disks in a real guest."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu import Disk, P9Directory, ReadOnlyDirectory
+from pytest_qemu.plugin.factory import VMFactory
+
+pytestmark = pytest.mark.vm
+
+
+def test_awkward_names_and_many_shares_in_one_vm(qemu_vm_factory: VMFactory, tmp_path: Path) -> None:
+    # A comma must reach QEMU as a literal comma, and an option-looking name must stay a name.
+    comma = tmp_path / "a,b"
+    injection = tmp_path / "x,security_model=none"
+    fat_one = tmp_path / "fat one:rw:"
+    fat_two = tmp_path / "fat,two"
+    for directory in (comma, injection, fat_one, fat_two):
+        directory.mkdir()
+        (directory / "name.txt").write_text(directory.name)
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"DISK-CONTENT" + b"\0" * (1024 * 1024 - 12))
+    shares = [P9Directory(comma), P9Directory(injection, read_only=True)]
+    fats = [ReadOnlyDirectory(fat_one), ReadOnlyDirectory(fat_two)]
+    disk = Disk(image, read_only=True)
+    vm = qemu_vm_factory(devices=[*shares, *fats, disk])
+
+    for device in (*shares, *fats):
+        assert vm.check(f"cat {device.guest_path}/name.txt") == device.directory.name
+    assert vm.check(f"head -c 12 {disk.guest_device}") == "DISK-CONTENT"
+
+    # The read-only 9p share and both FAT disks refuse writes; the host files stay as they were.
+    for device in (shares[1], *fats):
+        result = vm.run(f"echo changed > {device.guest_path}/name.txt")
+        assert result.returncode != 0, device
+        assert "Read-only file system" in result.stderr
+        assert (device.directory / "name.txt").read_text() == device.directory.name
+    # mapped-file keeps guest metadata beside files; security_model=none would not.
+    vm.check(f"echo new > {shares[0].guest_path}/new.txt")
+    assert (comma / "new.txt").read_text() == "new\n"
+    assert (comma / ".virtfs_metadata").is_dir()
+
+
+def test_writable_disk_round_trip(qemu_vm_factory: VMFactory, tmp_path: Path) -> None:
+    image = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    disk = Disk(image, format="qcow2", serial="data")
+    vm = qemu_vm_factory(devices=[disk])
+    vm.check(f"echo persisted | dd of={disk.guest_device} conv=fsync 2>/dev/null")
+    vm.shutdown()
+    raw = subprocess.run(
+        ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={image}", "of=/dev/stdout", "bs=512", "count=1"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert raw.startswith(b"persisted\n")
