@@ -6,6 +6,13 @@ offending value, the QEMU command line, or what to install.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 
 class QemuError(Exception):
     """Base class of every error pytest-qemu raises on purpose."""
@@ -47,3 +54,22 @@ class CommandFailed(QemuError):
             f"guest command exited with status {returncode}: {command!r}\n"
             f"--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
         )
+
+
+def concise_traceback(function: Callable[P, R]) -> Callable[P, R]:
+    """Make our errors from *function* show the caller's line, not our internals.
+
+    pytest hides frames marked ``__tracebackhide__``; re-raising with the
+    traceback cut drops the frames below. The exception itself, and its type,
+    are unchanged, so ``pytest.raises(BootTimeout)`` still works.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        __tracebackhide__ = True
+        try:
+            return function(*args, **kwargs)
+        except QemuError as error:
+            raise error.with_traceback(None) from None
+
+    return wrapper

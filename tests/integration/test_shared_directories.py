@@ -13,7 +13,9 @@ from pytest_qemu.plugin.factory import VMFactory
 pytestmark = pytest.mark.vm
 
 
-def test_awkward_names_and_many_shares_in_one_vm(qemu_vm_factory: VMFactory, tmp_path: Path) -> None:
+def test_awkward_names_and_many_shares_in_one_vm(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
     # A comma must reach QEMU as a literal comma, and an option-looking name must stay a name.
     comma = tmp_path / "a,b"
     injection = tmp_path / "x,security_model=none"
@@ -52,9 +54,7 @@ def test_writable_disk_round_trip(qemu_vm_factory: VMFactory, tmp_path: Path) ->
     vm = qemu_vm_factory(devices=[disk])
     vm.check(f"echo persisted | dd of={disk.guest_device} conv=fsync 2>/dev/null")
     vm.shutdown()
-    raw = subprocess.run(
-        ["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"if={image}", "of=/dev/stdout", "bs=512", "count=1"],
-        capture_output=True,
-        check=True,
-    ).stdout
+    raw_copy = tmp_path / "data.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw_copy)], check=True)
+    raw = raw_copy.read_bytes()
     assert raw.startswith(b"persisted\n")

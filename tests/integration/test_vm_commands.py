@@ -14,7 +14,9 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def shared_vm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
+def shared_vm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VM]:
     # One VM for the many small checks below: boots are the slow part under TCG.
     from pytest_qemu.plugin.session import accelerator_choice, default_guest, settings
 
@@ -89,7 +91,9 @@ def test_console_expect_and_write(shared_vm: VM) -> None:
 def test_qmp(shared_vm: VM) -> None:
     assert shared_vm.qmp("query-status")["status"] == "running"
     assert os.path.exists(shared_vm.qmp_socket)
-    names = [device["name"] for device in shared_vm.qmp("qom-list", path="/machine/peripheral-anon")]
+    names = [
+        device["name"] for device in shared_vm.qmp("qom-list", path="/machine/peripheral-anon")
+    ]
     assert names
 
 
@@ -97,4 +101,7 @@ def test_argv_and_logs(shared_vm: VM) -> None:
     assert shared_vm.argv[0].endswith("qemu-system-x86_64")
     assert "-no-reboot" in shared_vm.argv
     assert shared_vm.console_log.is_file()
-    assert "Linux version" in shared_vm.console_log.read_text(errors="replace") or shared_vm.console.text()
+    assert (
+        "Linux version" in shared_vm.console_log.read_text(errors="replace")
+        or shared_vm.console.text()
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -58,9 +59,7 @@ def start_child(state_dir: Path, count: int, port_range: tuple[int, int]) -> sub
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     argv = [sys.executable, "-c", CHILD_SCRIPT, str(state_dir), str(count), *map(str, port_range)]
-    return subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
 
 def child_leases(child: subprocess.Popen[str]) -> list[tuple[str, int]]:
@@ -70,12 +69,21 @@ def child_leases(child: subprocess.Popen[str]) -> list[tuple[str, int]]:
     return [(kind, value) for kind, value in json.loads(line)]
 
 
+def free_ports(count: int) -> int:
+    """The first of *count* consecutive ports that nothing on the host holds right now.
+
+    The search starts at a random place so that tests running in parallel
+    (pytest-xdist) are unlikely to pick the same ports.
+    """
+    start = random.randrange(27000, 32000)
+    for base in range(start, start + 1000):
+        if all(port_is_free(port, p) for port in range(base, base + count) for p in ("tcp", "udp")):
+            return base
+    pytest.skip("no free ports found on this host")
+
+
 def free_tcp_port() -> int:
-    """A port of 20000-32767 that nothing on the host holds right now."""
-    for port in range(27000, 32000):
-        if port_is_free(port, "tcp") and port_is_free(port, "udp"):
-            return port
-    pytest.skip("no free port found on this host")
+    return free_ports(1)
 
 
 def write_state(state_dir: Path, records: list[dict[str, object]], **extra: object) -> None:
@@ -190,9 +198,19 @@ def test_processes_get_distinct_values(tmp_path: Path) -> None:
 # --- dead owners ---------------------------------------------------------------
 
 
-def proc_state(pid: int) -> str:
+def stat_fields(pid: int) -> list[bytes]:
+    """Fields 3 and up of /proc/<pid>/stat (state, ppid, ...; starttime is [19])."""
     data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def proc_state(pid: int) -> str:
+    return stat_fields(pid)[0].decode()
+
+
+def parent_owner() -> Owner:
+    """A live process other than this one: our parent."""
+    return Owner(os.getppid(), int(stat_fields(os.getppid())[19]))
 
 
 @pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
@@ -234,20 +252,20 @@ def test_owner_identity() -> None:
     assert not Owner(me.pid, me.start_time - 1).is_alive()
     assert not Owner(0, 0).is_alive()
     assert not Owner(2**31 - 1, me.start_time).is_alive()  # above any pid_max
-    parent_stat = Path(f"/proc/{os.getppid()}/stat").read_bytes()
-    parent_start = int(parent_stat[parent_stat.rindex(b")") + 2 :].split()[19])
-    assert Owner(os.getppid(), parent_start).is_alive()
+    assert parent_owner().is_alive()
 
 
 def test_reused_pid_is_not_the_owner(tmp_path: Path) -> None:
     me = Owner.current()
     impostor = Owner(me.pid, me.start_time + 12345)  # same pid, other process
-    parent_stat = Path(f"/proc/{os.getppid()}/stat").read_bytes()
-    parent = Owner(os.getppid(), int(parent_stat[parent_stat.rindex(b")") + 2 :].split()[19]))
+    parent = parent_owner()
     write_state(
         tmp_path,
-        [record("vm", 1, impostor, "stale"), record("vm", 2, parent, "live"),
-         record("port", 40000, impostor)],
+        [
+            record("vm", 1, impostor, "stale"),
+            record("vm", 2, parent, "live"),
+            record("port", 40000, impostor),
+        ],
     )
     allocator = Allocator(tmp_path, port_range=(40000, 40000))
     assert [(lease.value, lease.owner) for lease in allocator.leases()] == [(2, parent)]
@@ -279,11 +297,7 @@ def test_state_of_a_previous_boot_is_dropped(tmp_path: Path) -> None:
 
 
 def test_port_held_by_a_listener_is_never_leased(tmp_path: Path) -> None:
-    for base in range(27000, 32000, 2):
-        if port_is_free(base, "tcp") and port_is_free(base + 1, "tcp"):
-            break
-    else:
-        pytest.skip("no two adjacent free ports")
+    base = free_ports(2)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", base))
         listener.listen()
@@ -297,7 +311,8 @@ def test_port_held_by_a_listener_is_never_leased(tmp_path: Path) -> None:
         assert "in use by other programs on this host: 1" in str(info.value)
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0"])
+# 127.0.0.2 is only seen by the probe on 0.0.0.0.
+@pytest.mark.parametrize("address", ["127.0.0.1", "0.0.0.0", "127.0.0.2"])
 def test_bound_udp_port_is_not_leased(tmp_path: Path, address: str) -> None:
     port = free_tcp_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
@@ -357,8 +372,7 @@ def test_context_manager_releases(allocator: Allocator) -> None:
 
 
 def test_release_of_another_process_lease_needs_exact_match(tmp_path: Path) -> None:
-    parent_stat = Path(f"/proc/{os.getppid()}/stat").read_bytes()
-    parent = Owner(os.getppid(), int(parent_stat[parent_stat.rindex(b")") + 2 :].split()[19]))
+    parent = parent_owner()
     write_state(tmp_path, [record("vm", 5, parent), record("port", 40005, parent)])
     allocator = Allocator(tmp_path)
     allocator.release(Lease(LeaseKind.VM_NUMBER, 5, Owner(parent.pid, parent.start_time + 1), ""))
@@ -366,9 +380,7 @@ def test_release_of_another_process_lease_needs_exact_match(tmp_path: Path) -> N
     allocator.release(Lease(LeaseKind.VM_NUMBER, 6, parent, ""))
     assert len(allocator.leases()) == 2
     allocator.release(Lease(LeaseKind.VM_NUMBER, 5, parent, "whatever purpose"))
-    assert [(lease.kind, lease.value) for lease in allocator.leases()] == [
-        (LeaseKind.PORT, 40005)
-    ]
+    assert [(lease.kind, lease.value) for lease in allocator.leases()] == [(LeaseKind.PORT, 40005)]
     [listed] = allocator.leases()
     listed.release()  # leases from leases() are attached to the allocator
     assert allocator.leases() == []
@@ -457,9 +469,7 @@ def test_state_dir_of_another_user_is_rejected(tmp_path: Path, planted: str) -> 
 
 
 def test_default_state_dir_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        "pytest_qemu.allocation.statedir.prepare_state_dir", lambda path: path
-    )
+    monkeypatch.setattr("pytest_qemu.allocation.statedir.prepare_state_dir", lambda path: path)
     monkeypatch.delenv("PYTEST_QEMU_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert default_state_dir() == tmp_path / "pytest-qemu"
@@ -531,3 +541,26 @@ def test_bad_lock_timeout(tmp_path: Path, timeout: object) -> None:
 def test_bad_purpose(allocator: Allocator) -> None:
     with pytest.raises(ValueError, match="purpose 42"):
         allocator.lease_vm_number(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5, float("inf")])
+def test_lock_timeout_extremes_work(tmp_path: Path, timeout: float) -> None:
+    allocator = Allocator(tmp_path, lock_timeout=timeout)
+    with allocator.lease_vm_number() as lease:
+        assert lease.value == 1
+    assert allocator.leases() == []
+
+
+def test_default_allocator_is_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_qemu.allocation import default
+
+    monkeypatch.setenv("PYTEST_QEMU_STATE_DIR", str(tmp_path / "state"))
+    first = default.default_allocator()
+    assert default.default_allocator() is first
+    assert first.state_dir == tmp_path / "state"
+    monkeypatch.setenv("PYTEST_QEMU_STATE_DIR", str(tmp_path / "other"))
+    assert default.default_allocator().state_dir == tmp_path / "other"
+    with first.lease_network_id():
+        assert [lease.kind for lease in Allocator(tmp_path / "state").leases()] == [
+            LeaseKind.NETWORK_ID
+        ]

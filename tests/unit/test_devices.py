@@ -79,7 +79,7 @@ def test_read_only_directory_is_really_read_only(tmp_path: Path) -> None:
     assert "readonly=on" in options
     assert "driver=vvfat" in options
     assert f"dir={directory}" in options
-    # The old "fat:rw:" form deletes host files the guest overwrites; ide-drive is gone from QEMU 7.2.
+    # "fat:rw:" deletes host files the guest overwrites; ide-drive is gone from QEMU 7.2.
     assert not any("fat:" in option or "rw=on" in option for option in options)
     assert "ide-drive" not in nic
     assert nic == "virtio-blk-pci,drive=fat0,serial=files"
@@ -103,7 +103,7 @@ def test_bad_tags_are_rejected_with_the_value(tmp_path: Path, bad_tag: str) -> N
 
 
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="missing.*is not a directory"):
+    with pytest.raises(ConfigurationError, match=r"missing.*is not a directory"):
         P9Directory(tmp_path / "missing")
     with pytest.raises(ConfigurationError, match="guest path"):
         P9Directory(tmp_path, guest_path="relative/path")

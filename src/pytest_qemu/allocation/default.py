@@ -1,29 +1,21 @@
-"""The process-wide :class:`Allocator` that devices use when not given one."""
+"""The allocator devices use unless they are given one: one per state directory."""
 
 from __future__ import annotations
 
-import os
 import threading
+from pathlib import Path
 
 from pytest_qemu.allocation.allocator import Allocator
+from pytest_qemu.allocation.statedir import default_state_dir
 
 _lock = threading.Lock()
-_default: Allocator | None = None
+_allocators: dict[Path, Allocator] = {}
 
 
 def default_allocator() -> Allocator:
-    """The allocator on :func:`default_state_dir`, created on first use in each process."""
-    global _default
+    """This process's allocator for :func:`default_state_dir` (``$PYTEST_QEMU_STATE_DIR``)."""
+    state_dir = default_state_dir()
     with _lock:
-        if _default is None:
-            _default = Allocator()
-        return _default
-
-
-def _reset_after_fork() -> None:
-    # The parent's lock may have been held by a thread the child does not have.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+        if state_dir not in _allocators:
+            _allocators[state_dir] = Allocator(state_dir)
+        return _allocators[state_dir]

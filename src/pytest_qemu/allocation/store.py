@@ -9,7 +9,9 @@ processes that share the state directory always see each other's leases.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import threading
 import time
 import warnings
@@ -31,9 +33,12 @@ from pytest_qemu.allocation.statedir import prepare_state_dir
 STATE_FILE = "leases.json"
 LOCK_FILE = "leases.lock"
 _FORMAT_VERSION = 1
-# filelock polls a busy lock; its 50 ms default would leave waiters idle far
-# longer than a transaction (well under a millisecond) holds the lock.
-_POLL_INTERVAL = 0.001
+# filelock polls a busy lock at a fixed interval. Its 50 ms default leaves
+# waiters idle far longer than a transaction (about a millisecond) holds the
+# lock, while a short fixed interval has many waiters burn the CPU the holder
+# needs; so poll fast first and back off, with jitter against lockstep.
+_FIRST_POLL = 0.001
+_MAX_POLL = 0.05
 
 
 class CorruptStateError(ValueError):
@@ -58,6 +63,9 @@ class LeaseStore:
         self.lock_path = state_dir / LOCK_FILE
         self._lock_timeout = lock_timeout
         self._boot_id = boot_id()
+        # The last content read or written, parsed: a file with exactly these
+        # bytes need not be parsed again (usually we wrote it ourselves).
+        self._cache: tuple[bytes, list[Lease]] = (b"", [])
         self._init_locks()
         _stores.add(self)
 
@@ -76,23 +84,16 @@ class LeaseStore:
         ends without an exception.
         """
         deadline = time.monotonic() + self._lock_timeout
-        if not self._thread_lock.acquire(timeout=self._lock_timeout):
-            raise AllocationError(
-                f"timed out after {self._lock_timeout:g} s waiting for the lease lock of "
-                f"{self.state_dir}: another thread of this process (pid {os.getpid()}) has "
-                "held it all that time; it is probably stuck inside the allocator"
-            )
+        # threading rejects an infinite timeout; -1 means the same: wait forever.
+        thread_timeout = -1 if math.isinf(self._lock_timeout) else self._lock_timeout
+        if not self._thread_lock.acquire(timeout=thread_timeout):
+            raise AllocationError(self._lock_timeout_message(other_thread=True))
         try:
             if not self.state_dir.is_dir():
                 # A /tmp cleaner may have removed it; filelock would otherwise
                 # retry the missing lock file until the timeout.
                 prepare_state_dir(self.state_dir)
-            try:
-                self._file_lock.acquire(
-                    timeout=max(0.0, deadline - time.monotonic()), poll_interval=_POLL_INTERVAL
-                )
-            except filelock.Timeout:
-                raise AllocationError(self._lock_timeout_message()) from None
+            self._acquire_file_lock(deadline)
             try:
                 state = State(self._load())
                 self._reclaim(state)
@@ -104,6 +105,19 @@ class LeaseStore:
         finally:
             self._thread_lock.release()
 
+    def _acquire_file_lock(self, deadline: float) -> None:
+        delay = _FIRST_POLL
+        while True:
+            try:
+                self._file_lock.acquire(timeout=0)
+                return
+            except filelock.Timeout:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AllocationError(self._lock_timeout_message()) from None
+            time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, _MAX_POLL)
+
     def _load(self) -> list[Lease]:
         try:
             raw = self.path.read_bytes()
@@ -112,11 +126,15 @@ class LeaseStore:
         except OSError as error:
             self._quarantine(f"cannot read it: {error}")
             return []
+        if raw == self._cache[0] and raw:
+            return list(self._cache[1])
         try:
-            return self._parse(raw)
+            leases = self._parse(raw)
         except (CorruptStateError, ValueError) as error:
             self._quarantine(str(error))
             return []
+        self._cache = (raw, leases)
+        return list(leases)
 
     def _parse(self, raw: bytes) -> list[Lease]:
         data = json.loads(raw)
@@ -170,6 +188,7 @@ class LeaseStore:
             os.replace(tmp, self.path)
         except OSError as error:
             raise AllocationError(f"cannot write the lease state {self.path}: {error}") from error
+        self._cache = (payload, list(leases))
 
     def _reclaim(self, state: State) -> None:
         me = Owner.current()
@@ -184,10 +203,12 @@ class LeaseStore:
             state.leases = kept
             state.dirty = True
 
-    def _lock_timeout_message(self) -> str:
+    def _lock_timeout_message(self, *, other_thread: bool = False) -> str:
         holder = _lock_holder(self.lock_path)
         if holder:
             held_by = f"it is held by {holder}"
+        elif other_thread:
+            held_by = f"another thread of this process (pid {os.getpid()}) held the allocator"
         else:
             held_by = f"its holder could not be identified (try `fuser -v {self.lock_path}`)"
         return (
@@ -198,20 +219,20 @@ class LeaseStore:
         )
 
 
+_KINDS = {kind.value: kind for kind in LeaseKind}
+
+
 def _lease_from_record(record: Any) -> Lease:
-    if not isinstance(record, dict):
-        raise CorruptStateError(f"lease record {record!r} is not an object")
     try:
-        kind = LeaseKind(record["kind"])
-        value, pid, start_time = (record[key] for key in ("value", "pid", "start_time"))
-        purpose = record.get("purpose", "")
-        token = record.get("token", "")
-    except (KeyError, ValueError) as error:
-        raise CorruptStateError(f"bad lease record {record!r}: {error}") from None
-    for number in (value, pid, start_time):
-        if not isinstance(number, int) or isinstance(number, bool):
-            raise CorruptStateError(f"bad number {number!r} in lease record {record!r}")
-    if not isinstance(purpose, str) or not isinstance(token, str):
+        kind = _KINDS[record["kind"]]
+        value, pid, start_time = record["value"], record["pid"], record["start_time"]
+        purpose, token = record.get("purpose", ""), record.get("token", "")
+    except (KeyError, TypeError, AttributeError):
+        raise CorruptStateError(f"bad lease record {record!r}") from None
+    # type() rather than isinstance(): bools are ints too, and this runs per record.
+    if not (type(value) is type(pid) is type(start_time) is int):
+        raise CorruptStateError(f"bad number in lease record {record!r}")
+    if type(purpose) is not str or type(token) is not str:
         raise CorruptStateError(f"bad purpose or token in lease record {record!r}")
     return Lease(kind, value, Owner(pid, start_time), purpose, token=token)
 
@@ -254,7 +275,7 @@ def _lock_holder(lock_path: Path) -> str | None:
 def _describe_process(pid: int) -> str:
     with suppress(OSError):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        command = " ".join(arg.decode(errors="replace") for arg in argv if arg)
+        command = " ".join(" ".join(arg.decode(errors="replace").split()) for arg in argv if arg)
         if command:
             return f"pid {pid} ({command[:200]})"
     return f"pid {pid}"

@@ -55,7 +55,7 @@ class Device(abc.ABC):
         """Kernel command-line arguments the guest needs for this device."""
         return []
 
-    def release(self) -> None:
+    def release(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""
 
 

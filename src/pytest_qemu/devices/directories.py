@@ -41,7 +41,9 @@ class P9Directory(Device):
         guest_path: str | None = None,
     ) -> None:
         self.directory = _host_directory(directory)
-        self.tag = validate_id(tag, "9p mount tag") if tag is not None else default_names.next("share")
+        self.tag = (
+            validate_id(tag, "9p mount tag") if tag is not None else default_names.next("share")
+        )
         self.boot = boot
         self.read_only = read_only
         self.guest_path = validate_guest_path(guest_path or f"{GUEST_MOUNT_ROOT}/{self.tag}")
@@ -91,9 +93,15 @@ class ReadOnlyDirectory(Device):
     ) -> None:
         self.directory = _host_directory(directory)
         # virtio-blk serials are at most 20 characters long.
-        self.name = validate_id(name, "FAT directory name") if name is not None else default_names.next("fat")
+        self.name = (
+            validate_id(name, "FAT directory name")
+            if name is not None
+            else default_names.next("fat")
+        )
         if len(self.name) > 20:
-            raise ConfigurationError(f"FAT directory name {self.name!r} is longer than 20 characters")
+            raise ConfigurationError(
+                f"FAT directory name {self.name!r} is longer than 20 characters"
+            )
         self.guest_path = validate_guest_path(guest_path or f"{GUEST_MOUNT_ROOT}/{self.name}")
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:

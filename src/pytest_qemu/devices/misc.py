@@ -60,7 +60,9 @@ class Disk(Device):
             )
         self.format = format
         self.read_only = read_only
-        self.serial = validate_id(serial, "disk serial") if serial is not None else default_names.next("disk")
+        self.serial = (
+            validate_id(serial, "disk serial") if serial is not None else default_names.next("disk")
+        )
         if len(self.serial) > 20:
             raise ConfigurationError(f"disk serial {self.serial!r} is longer than 20 characters")
 

@@ -51,6 +51,10 @@ def multicast_netdev(netdev_id: str, port: int) -> str:
     )
 
 
+def _subnet_prefix(network_id: int) -> str:
+    return f"10.{network_id >> 8}.{network_id & 0xFF}"
+
+
 def _virtio_nic(netdev: str, mac: str) -> list[str]:
     return ["-device", option_string("virtio-net-pci", netdev=netdev, mac=mac)]
 
@@ -99,8 +103,7 @@ class Network:
     @property
     def subnet_prefix(self) -> str:
         """The first three octets of this network's addresses, e.g. ``10.0.7``."""
-        network_id = self.network_id
-        return f"10.{network_id >> 8}.{network_id & 0xFF}"
+        return _subnet_prefix(self.network_id)
 
     @property
     def interfaces(self) -> list[NetworkInterface]:
@@ -117,8 +120,10 @@ class Network:
                 raise ConfigurationError(
                     f"a Network holds at most {_MAX_VMS_PER_NETWORK} VMs: create another Network"
                 )
+            assert self._id_lease is not None
+            address = f"{_subnet_prefix(self._id_lease.value)}.{index}"
             vm_number = self._allocator.lease_vm_number("network interface MAC")
-            interface = NetworkInterface(self, index, vm_number)
+            interface = NetworkInterface(self, address, vm_number)
             self._interfaces.append(interface)
             return interface
 
@@ -151,17 +156,20 @@ class NetworkInterface(Device):
 
     guest_modules = ("virtio_pci", "virtio_net")
 
-    def __init__(self, network: Network, index: int, vm_number: Lease) -> None:
+    def __init__(self, network: Network, address: str, vm_number: Lease) -> None:
         self.network = network
-        self.index = index
         self._vm_number = vm_number
         self.mac = mac_address(vm_number.value)
-        self.address = f"{network.subnet_prefix}.{index}"
+        self.address = address
         self.prefix_length = 24
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         netdev = ctx.id_for(self, "net")
-        return ["-netdev", multicast_netdev(netdev, self.network.port), *_virtio_nic(netdev, self.mac)]
+        return [
+            "-netdev",
+            multicast_netdev(netdev, self.network.port),
+            *_virtio_nic(netdev, self.mac),
+        ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
         return [f"pytest_qemu.net={self.mac},{self.address}/{self.prefix_length}"]
@@ -213,7 +221,8 @@ class UserNetwork(Device):
         """The port on ``127.0.0.1`` that reaches *guest_port* in the guest."""
         if guest_port not in self.forwards:
             raise ConfigurationError(
-                f"guest port {guest_port} is not forwarded: forwarded ports are {list(self.forwards)}"
+                f"guest port {guest_port} is not forwarded; "
+                f"the forwarded ports are {list(self.forwards)}"
             )
         with self._lock:
             if guest_port not in self._host_ports:

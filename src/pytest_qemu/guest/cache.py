@@ -7,13 +7,17 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from filelock import FileLock
 
 
 def default_cache_dir() -> Path:
-    """``$PYTEST_QEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-qemu``, else ``~/.cache/pytest-qemu``."""
+    """Where built guests live.
+
+    ``$PYTEST_QEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-qemu``, else
+    ``~/.cache/pytest-qemu``.
+    """
     if configured := os.environ.get("PYTEST_QEMU_CACHE_DIR"):
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -54,7 +58,7 @@ class BuildCache:
             # Write beside the target and rename, so nobody ever sees half a file.
             with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{key}.", delete=False) as out:
                 try:
-                    build(out)
+                    build(cast(BinaryIO, out))
                 except BaseException:
                     out.close()
                     os.unlink(out.name)

@@ -8,8 +8,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_qemu.guest.cache import BuildCache, cache_key, file_fingerprint
-from pytest_qemu.guest.initramfs import GUEST_SCRIPTS, busybox_applets, find_busybox, guest_script, write_initramfs
-from pytest_qemu.guest.kernel import HostKernel, KernelError, extract_vmlinux, find_host_kernel, has_pvh_note
+from pytest_qemu.guest.initramfs import (
+    GUEST_SCRIPTS,
+    busybox_applets,
+    find_busybox,
+    guest_script,
+    write_initramfs,
+)
+from pytest_qemu.guest.kernel import (
+    HostKernel,
+    KernelError,
+    extract_vmlinux,
+    find_host_kernel,
+    has_pvh_note,
+)
 from pytest_qemu.guest.modules import ModuleIndex
 
 #: Modules every default guest loads: the PCI transport and the agent's serial port.
@@ -73,7 +85,9 @@ class DefaultGuest:
         ``None`` means no modules at all, for a kernel other than the host's,
         which must then have virtio built in.
         """
-        resolved = [] if modules is None else self._module_index().resolve([*BASE_MODULES, *modules])
+        resolved = (
+            [] if modules is None else self._module_index().resolve([*BASE_MODULES, *modules])
+        )
         busybox = find_busybox()
         key = cache_key(
             [

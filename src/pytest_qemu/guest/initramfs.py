@@ -46,7 +46,7 @@ def busybox_applets(busybox: Path) -> list[str]:
 
 def guest_script(name: str) -> bytes:
     """The text of one of the guest scripts shipped with the package."""
-    return resources.files("pytest_qemu.guest").joinpath("files", name).read_bytes()
+    return resources.files("pytest_qemu.guest").joinpath("files").joinpath(name).read_bytes()
 
 
 def write_initramfs(
@@ -65,7 +65,19 @@ def write_initramfs(
             "install `busybox-static` instead of `busybox`"
         )
     with CpioWriter(stream) as archive:
-        for directory in ("dev", "proc", "sys", "tmp", "run", "root", "mnt", "etc", "usr/bin", "usr/sbin", "sbin"):
+        for directory in (
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "run",
+            "root",
+            "mnt",
+            "etc",
+            "usr/bin",
+            "usr/sbin",
+            "sbin",
+        ):
             archive.add_directory(directory)
         archive.add_char_device("dev/console", 5, 1)
         archive.add_char_device("dev/null", 1, 3, mode=0o666)

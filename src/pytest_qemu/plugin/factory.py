@@ -8,14 +8,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device
-from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
 
 
 class VMFactory:
-    """Starts VMs on the default guest (or your own kernel and initramfs); ends them all in :meth:`close`.
+    """Starts VMs on the default guest, or your own kernel and initramfs.
+
+    :meth:`close` ends every VM it started.
 
     Call it as ``qemu_vm_factory(devices=[...], memory=..., kernel=..., initramfs=...,
     kernel_args=[...], qemu_args=[...], cpus=..., boot_timeout=...)``.
@@ -45,6 +47,7 @@ class VMFactory:
         self._lock = threading.Lock()
         self.vms: list[VM] = []
 
+    @concise_traceback
     def __call__(
         self,
         devices: Iterable[Device] = (),
@@ -95,7 +98,7 @@ class VMFactory:
         initramfs_path = _existing(initramfs, "initramfs") or self._initramfs
         modules = [module for device in devices for module in device.guest_modules]
         if initramfs_path is None:
-            # The default initramfs carries the host kernel's modules, which only fit the host kernel.
+            # The default initramfs carries the host kernel's modules: they fit no other kernel.
             initramfs_path = self._guest.initramfs(modules if kernel_path is None else None)
         return (
             kernel_path or self._guest.kernel_image(),

@@ -10,6 +10,7 @@ import pytest
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
 from pytest_qemu.devices.network import Network
+from pytest_qemu.errors import QemuError
 from pytest_qemu.guest.default import DefaultGuest
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.options import QemuSettings
@@ -58,10 +59,15 @@ def qemu_vm_factory(
     Every VM it started is shut down when the test ends, whatever its outcome.
     Console logs and QEMU's stderr are kept under the test's temporary directory.
     """
+    try:
+        qemu = qemu_settings.resolved_binary()
+        accelerator = accelerator_choice(request.config).accelerator
+    except QemuError as error:
+        pytest.fail(str(error), pytrace=False)
     factory = VMFactory(
         guest=qemu_guest,
-        qemu=qemu_settings.resolved_binary(),
-        accelerator=accelerator_choice(request.config).accelerator,
+        qemu=qemu,
+        accelerator=accelerator,
         log_root=tmp_path_factory.mktemp(f"qemu-{request.node.name[:30]}", numbered=True),
         memory_mb=qemu_settings.memory_mb,
         boot_timeout=qemu_settings.boot_timeout,
@@ -83,7 +89,10 @@ def qemu_vm(qemu_vm_factory: VMFactory, qemu_devices: Sequence[Device]) -> VM:
     ``qemu_vm.run(cmd)``, ``qemu_vm.check(cmd)``, ``qemu_vm.console``,
     ``qemu_vm.qmp(...)``. It is shut down at the end of the test.
     """
-    return qemu_vm_factory(devices=qemu_devices)
+    try:
+        return qemu_vm_factory(devices=qemu_devices)
+    except QemuError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture

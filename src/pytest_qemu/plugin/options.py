@@ -19,10 +19,18 @@ _OPTIONS = (
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     ("kernel-args", "extra kernel command-line arguments", ""),
-    ("accel", "accelerator: auto (KVM if a probe guest runs under it, else TCG), kvm or tcg", "auto"),
+    (
+        "accel",
+        "accelerator: auto (KVM if a probe guest runs under it, else TCG), kvm or tcg",
+        "auto",
+    ),
     ("memory", "guest memory in MiB", "256"),
     ("boot-timeout", "seconds a guest may take to come up", "120"),
-    ("cache-dir", "where built guests and probe results are kept (default ~/.cache/pytest-qemu)", ""),
+    (
+        "cache-dir",
+        "where built guests and probe results are kept (default ~/.cache/pytest-qemu)",
+        "",
+    ),
 )
 
 
@@ -30,7 +38,9 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("qemu", "QEMU virtual machines (pytest-qemu)")
     for name, help_text, default in _OPTIONS:
         dest = f"qemu_{name.replace('-', '_')}"
-        group.addoption(f"--qemu-{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]")
+        group.addoption(
+            f"--qemu-{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]"
+        )
         parser.addini(dest, help_text, default=default)
 
 

@@ -72,13 +72,17 @@ class ProbeResult:
     detail: str
 
 
-def _run_until(argv: list[str], marker: bytes | None, timeout: float) -> tuple[bool, int | None, str]:
+def _run_until(
+    argv: list[str], marker: bytes | None, timeout: float
+) -> tuple[bool, int | None, str]:
     """Run *argv* until *marker* appears on stdout or it exits.
 
     Returns (marker seen, exit status or None if it was still running, last stderr line).
     """
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+        process = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
         assert process.stdout is not None
         output = b""
         deadline = time.monotonic() + timeout
@@ -132,7 +136,9 @@ def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -
         return ProbeResult(True, f"a test guest ran under {accelerator}")
     if status is None:
         return ProbeResult(False, f"{what} within {PROBE_TIMEOUT:g} s under {accelerator}")
-    return ProbeResult(False, f"QEMU failed under {accelerator}: {error or f'exit status {status}'}")
+    return ProbeResult(
+        False, f"QEMU failed under {accelerator}: {error or f'exit status {status}'}"
+    )
 
 
 def _boot_id() -> str:
@@ -142,14 +148,18 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def cached_probe(qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None) -> ProbeResult:
+def cached_probe(
+    qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
+) -> ProbeResult:
     """:func:`probe_accelerator`, remembered until the host reboots or QEMU changes."""
     try:
-        binary = Path(subprocess.run(["which", qemu], capture_output=True, text=True).stdout.strip() or qemu)
+        binary = Path(
+            subprocess.run(["which", qemu], capture_output=True, text=True).stdout.strip() or qemu
+        )
         fingerprint = f"{binary}:{binary.stat().st_mtime_ns}"
     except OSError:
         fingerprint = qemu
-    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v2"])
+    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v3"])
     path = cache_dir / "accelerator" / f"{key}.json"
     try:
         stored = json.loads(path.read_text())
@@ -173,7 +183,7 @@ class AcceleratorChoice:
 def choose_accelerator(
     requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
 ) -> AcceleratorChoice:
-    """Resolve ``auto``/``kvm``/``tcg``: ``auto`` takes KVM only if the probe guest runs under it."""
+    """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs."""
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
     if requested == "kvm":
@@ -182,5 +192,6 @@ def choose_accelerator(
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(
-        "tcg", f"accelerator: tcg — KVM does not work here ({probe.detail}); VMs are emulated and slower"
+        "tcg",
+        f"accelerator: tcg — KVM does not work here ({probe.detail}); VMs are emulated and slower",
     )

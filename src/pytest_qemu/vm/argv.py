@@ -36,10 +36,13 @@ class MachineSpec:
             )
         if not isinstance(self.memory_mb, int) or not 64 <= self.memory_mb <= 1024 * 1024:
             raise ConfigurationError(
-                f"memory {self.memory_mb!r} MiB is not valid: give a whole number of MiB, at least 64"
+                f"memory {self.memory_mb!r} MiB is not valid: "
+                "give a whole number of MiB, at least 64"
             )
         if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 255:
-            raise ConfigurationError(f"cpus {self.cpus!r} is not valid: give a number from 1 to 255")
+            raise ConfigurationError(
+                f"cpus {self.cpus!r} is not valid: give a number from 1 to 255"
+            )
         for device in self.devices:
             if not isinstance(device, Device):
                 raise ConfigurationError(
@@ -77,7 +80,8 @@ def _unique(values: Sequence[str], what: str, devices: Sequence[Device]) -> None
     for value in values:
         if value in seen:
             raise ConfigurationError(
-                f"two devices use the same {what} {value!r}: give each a different one ({devices!r})"
+                f"two devices use the same {what} {value!r}: "
+                f"give each a different one ({devices!r})"
             )
         seen.add(value)
 
@@ -86,7 +90,9 @@ def _check_guest_names(devices: Sequence[Device]) -> None:
     """Reject two shares with one 9p tag, FAT name or guest path: they would shadow each other."""
     tags = [tag for device in devices if isinstance(tag := getattr(device, "tag", None), str)]
     names = [name for device in devices if isinstance(name := getattr(device, "name", None), str)]
-    paths = [path for device in devices if isinstance(path := getattr(device, "guest_path", None), str)]
+    paths = [
+        path for device in devices if isinstance(path := getattr(device, "guest_path", None), str)
+    ]
     _unique(tags, "9p tag", devices)
     _unique(names, "FAT name", devices)
     _unique(paths, "guest path", devices)
@@ -103,7 +109,9 @@ def build_command_line(spec: MachineSpec, paths: RuntimePaths) -> BuiltCommandLi
         kernel_args += device.kernel_args(ctx)
 
     def server_socket(chardev_id: str, path: Path, **options: str | bool) -> str:
-        return option_string("socket", id=chardev_id, path=str(path), server=True, wait=False, **options)
+        return option_string(
+            "socket", id=chardev_id, path=str(path), server=True, wait=False, **options
+        )
 
     argv = [
         spec.qemu,

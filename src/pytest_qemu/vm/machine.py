@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_qemu.errors import BootTimeout, CommandFailed, CommandTimeout, SetupError, VMError, VMExited
+from pytest_qemu.errors import (
+    BootTimeout,
+    CommandFailed,
+    CommandTimeout,
+    SetupError,
+    VMError,
+    VMExited,
+    concise_traceback,
+)
 from pytest_qemu.vm.agent import AgentChannel, AgentUnavailable
 from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
 from pytest_qemu.vm.console import Console
@@ -55,7 +63,9 @@ class VM:
     :meth:`kill` ends it; so does the death of the Python process.
     """
 
-    def __init__(self, spec: MachineSpec, log_dir: Path | None = None, boot_timeout: float = 120.0) -> None:
+    def __init__(
+        self, spec: MachineSpec, log_dir: Path | None = None, boot_timeout: float = 120.0
+    ) -> None:
         self.spec = spec
         self.boot_timeout = boot_timeout
         # UNIX socket paths are limited to 108 bytes: keep them out of deep tmp_path trees.
@@ -77,6 +87,7 @@ class VM:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    @concise_traceback
     def start(self) -> VM:
         """Start QEMU and wait until the guest's command agent answers."""
         if self._process is not None:
@@ -101,18 +112,32 @@ class VM:
             remaining = self.boot_timeout - (time.monotonic() - started)
             self._agent.wait_ready(max(remaining, 0.1), self.is_running)
         except (AgentUnavailable, OSError, TimeoutError, VMError) as error:
-            exited = not self.is_running()
+            exited = self._has_exited()
             self.kill()
             if exited:
-                raise VMExited(self.failure_report(f"QEMU exited while the VM was starting ({error})")) from None
+                raise VMExited(
+                    self.failure_report(f"QEMU exited while the VM was starting ({error})")
+                ) from None
             raise BootTimeout(
-                self.failure_report(f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s")
+                self.failure_report(
+                    f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
+                )
             ) from None
         except BaseException:
             self.kill()
             raise
         self.boot_seconds = time.monotonic() - started
         return self
+
+    def _has_exited(self) -> bool:
+        """Whether QEMU has exited, allowing a moment for an exit already under way."""
+        if self._process is None:
+            return False
+        try:
+            self._process.wait(1.0)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _wait_for_socket(self, path: Path) -> None:
         deadline = time.monotonic() + _SOCKET_WAIT
@@ -124,7 +149,7 @@ class VM:
             time.sleep(0.005)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the VM gracefully (sync the guest's disks, QMP ``quit``), killing it if that fails."""
+        """Stop the VM gracefully (guest ``sync``, QMP ``quit``); kill it if that fails."""
         if self.is_running():
             try:
                 self._agent.run("sync", b"", min(timeout, 5.0), self.is_running)
@@ -133,7 +158,7 @@ class VM:
             try:
                 if self._qmp is not None:
                     self._qmp.execute("quit", None, timeout=min(timeout, 5.0))
-            except Exception:  # noqa: BLE001 - QEMU may exit before it answers; killed below if not
+            except Exception:
                 pass
             assert self._process is not None
             try:
@@ -199,7 +224,10 @@ class VM:
 
     # -- guest commands -----------------------------------------------------------------------
 
-    def run(self, command: str, timeout: float | None = 60.0, input: bytes | str = b"") -> CommandResult:
+    @concise_traceback
+    def run(
+        self, command: str, timeout: float | None = 60.0, input: bytes | str = b""
+    ) -> CommandResult:
         """Run *command* with ``sh`` in the guest and return its status and output.
 
         The command runs in ``/root`` with *input* as its standard input. If it
@@ -213,21 +241,25 @@ class VM:
         try:
             status, stdout, stderr = self._agent.run(command, stdin, timeout, self.is_running)
         except AgentUnavailable as error:
-            exited = not self.is_running()
+            exited = self._has_exited()
             self.kill()
             what = "QEMU exited" if exited else "the guest stopped answering and the VM was killed"
             error_type = VMExited if exited else CommandTimeout
-            raise error_type(self.failure_report(f"{what} while running {command!r} ({error})")) from None
+            raise error_type(
+                self.failure_report(f"{what} while running {command!r} ({error})")
+            ) from None
         elapsed = time.monotonic() - started
         result = CommandResult(command, status, stdout, stderr)
         # The guest's `timeout -s KILL` makes the command exit with 128 + SIGKILL.
         if timeout is not None and status == 137 and elapsed >= timeout:
             raise CommandTimeout(
                 f"guest command {command!r} did not finish within {timeout:g} s and was killed "
-                f"(the VM is still usable)\n--- stdout ---\n{result.stdout}--- stderr ---\n{result.stderr}"
+                "(the VM is still usable)\n"
+                f"--- stdout ---\n{result.stdout}--- stderr ---\n{result.stderr}"
             )
         return result
 
+    @concise_traceback
     def check(self, command: str, timeout: float | None = 60.0, input: bytes | str = b"") -> str:
         """Run *command*; return its stdout, or raise :class:`CommandFailed` if it fails."""
         result = self.run(command, timeout=timeout, input=input)
@@ -237,6 +269,7 @@ class VM:
 
     # -- QMP ----------------------------------------------------------------------------------
 
+    @concise_traceback
     def qmp(self, command: str, timeout: float | None = 30.0, **arguments: Any) -> Any:
         """Run a QMP command and return its result; ``qemu.qmp.ExecuteError`` if QEMU refuses."""
         self._require_running(f"send QMP {command!r}")

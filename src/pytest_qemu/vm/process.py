@@ -28,7 +28,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def spawn(argv: Sequence[str], stderr: IO[bytes], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], stderr: IO[bytes], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start *argv* with no stdin and stdout, killed with SIGKILL if we die."""
     parent_pid = os.getpid()
 
@@ -39,7 +41,7 @@ def spawn(argv: Sequence[str], stderr: IO[bytes], cwd: Path | None = None) -> su
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=cwd,
-            preexec_fn=lambda: _die_with_parent(parent_pid),  # noqa: PLW1509
+            preexec_fn=lambda: _die_with_parent(parent_pid),
         )
 
     return _spawner.submit(start).result()

@@ -47,12 +47,14 @@ class QMPConnection:
     def connect(self, timeout: float) -> None:
         _loop_thread.run(self._client.connect(self._path), timeout)
 
-    def execute(self, command: str, arguments: dict[str, object] | None, timeout: float | None) -> Any:
+    def execute(
+        self, command: str, arguments: dict[str, object] | None, timeout: float | None
+    ) -> Any:
         """Run a QMP command; raises ``qemu.qmp.ExecuteError`` if QEMU refuses it."""
         return _loop_thread.run(self._client.execute(command, arguments), timeout)
 
     def close(self) -> None:
         try:
             _loop_thread.run(self._client.disconnect(), 5)
-        except Exception:  # noqa: BLE001 - the peer may already be gone; nothing to do then
+        except Exception:
             pass

@@ -1,0 +1,31 @@
+"""Helpers shared by the test suites: what a run left behind on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def running_qemu_pids(marker: bytes = b"") -> set[int]:
+    """PIDs of the QEMU system emulators running on this host whose arguments hold *marker*."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                arguments = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            command = arguments.split(b"\0")[0]
+            if os.path.basename(command).startswith(b"qemu-system") and marker in arguments:
+                pids.add(int(entry.name))
+    return pids
+
+
+def recorded_leases(state_dir: Path) -> list[dict[str, object]]:
+    """The leases written in *state_dir*'s state file, without reclaiming dead owners."""
+    state_file = state_dir / "leases.json"
+    if not state_file.exists():
+        return []
+    leases: list[dict[str, object]] = json.loads(state_file.read_text())["leases"]
+    return leases

@@ -1,0 +1,75 @@
+"""The plugin as a user meets it before any VM boots: fixtures, options, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+FIXTURES = ("qemu_vm", "qemu_vm_factory", "qemu_devices", "qemu_network", "p9_dir", "fat_dir")
+
+
+def test_fixtures_are_listed_with_their_docstrings(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--fixtures")
+    output = result.stdout.str()
+    for name in FIXTURES:
+        assert f"{name} -- " in output, name
+    assert "no docstring available" not in output.split("pytest_qemu")[1].split("xdist")[0]
+
+
+def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    for option in (
+        "--qemu-binary",
+        "--qemu-kernel",
+        "--qemu-accel",
+        "--qemu-memory",
+        "--qemu-boot-timeout",
+    ):
+        result.stdout.fnmatch_lines([f"*{option}*"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--qemu-memory=lots"], "*--qemu-memory 'lots' is not a number*"),
+        (["--qemu-boot-timeout=-3"], "*--qemu-boot-timeout '-3' must be greater than zero*"),
+        (["--qemu-accel=hvf"], "*--qemu-accel 'hvf' is not one of*"),
+        (["--qemu-kernel=/no/such/vmlinuz"], "*--qemu-kernel '/no/such/vmlinuz': no such file*"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    pytester: pytest.Pytester, arguments: list[str], message: str
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(*arguments)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_ini_options_are_read(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nqemu_memory = 384\nqemu_accel = tcg\n")
+    pytester.makepyfile(
+        """
+        def test_settings(qemu_settings):
+            assert qemu_settings.memory_mb == 384
+            assert qemu_settings.accel == "tcg"
+        """
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_missing_qemu_is_a_clear_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_vm(qemu_vm): pass")
+    result = pytester.runpytest_subprocess(
+        "--qemu-binary=/nonexistent/qemu-system-x86_64", "--qemu-accel=tcg"
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*'/nonexistent/qemu-system-x86_64' was not found*apt-get install qemu-system-x86*"]
+    )
+    assert "resolved_binary" not in result.stdout.str()
+
+
+def test_header_names_the_accelerator(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess("--qemu-accel=auto")
+    result.stdout.fnmatch_lines(["pytest-qemu: accelerator: *"])
