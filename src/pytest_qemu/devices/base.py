@@ -22,19 +22,23 @@ class DeviceContext:
     """
 
     def __init__(self) -> None:
-        self._ids: dict[tuple[int, str], str] = {}
+        self._indexes: dict[tuple[int, str], int] = {}
         self._counters: dict[str, Iterator[int]] = {}
         self._keep_alive: list[object] = []
 
-    def id_for(self, device: object, prefix: str) -> str:
-        """Return the id of *device*'s object of kind *prefix* (``fs``, ``net``...)."""
+    def index_for(self, device: object, prefix: str) -> int:
+        """The position of *device* among this VM's objects of kind *prefix*, from 0."""
         key = (id(device), prefix)
-        if key not in self._ids:
+        if key not in self._indexes:
             counter = self._counters.setdefault(prefix, itertools.count())
-            self._ids[key] = f"{prefix}{next(counter)}"
-            # id() is only unique among live objects: keep the device alive with its id.
+            self._indexes[key] = next(counter)
+            # id() is only unique among live objects: keep the device alive with its index.
             self._keep_alive.append(device)
-        return self._ids[key]
+        return self._indexes[key]
+
+    def id_for(self, device: object, prefix: str) -> str:
+        """The QEMU id of *device*'s object of kind *prefix*: ``fs0``, ``net1``..."""
+        return f"{prefix}{self.index_for(device, prefix)}"
 
 
 class Device(abc.ABC):
@@ -54,6 +58,16 @@ class Device(abc.ABC):
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
         """Kernel command-line arguments the guest needs for this device."""
         return []
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        """What the guest sees of this device, for keying VM snapshots; None if not snapshot-safe.
+
+        A VM restored from a snapshot must have the same virtual hardware as
+        the VM that was saved. Devices whose guest-visible state cannot be
+        carried over (or is unknown, as with raw arguments) return None, and
+        VMs with them boot cold.
+        """
+        return None
 
     def release(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""

@@ -23,7 +23,8 @@ def _host_directory(directory: str | os.PathLike[str]) -> Path:
 class P9Directory(Device):
     """A host directory shared over virtio-9p (``security_model=mapped-file``).
 
-    The default guest mounts it at :attr:`guest_path` (``/mnt/<tag>``). With
+    The default guest mounts it at :attr:`guest_path` (``/mnt/<name>``). The
+    9p mount tag is *tag* if given, else the device's QEMU id (``fs0``...). With
     ``boot=True`` it is meant as the guest's root file system and the default
     guest does not mount it. ``read_only=True`` makes the export read-only.
     Files the guest creates appear on the host with mode 0600, and QEMU keeps
@@ -41,12 +42,16 @@ class P9Directory(Device):
         guest_path: str | None = None,
     ) -> None:
         self.directory = _host_directory(directory)
-        self.tag = (
-            validate_id(tag, "9p mount tag") if tag is not None else default_names.next("share")
-        )
+        self.tag = validate_id(tag, "9p mount tag") if tag is not None else None
+        self.name = self.tag or default_names.next("share")
         self.boot = boot
         self.read_only = read_only
-        self.guest_path = validate_guest_path(guest_path or f"{GUEST_MOUNT_ROOT}/{self.tag}")
+        self.guest_path = validate_guest_path(guest_path or f"{GUEST_MOUNT_ROOT}/{self.name}")
+
+    def mount_tag(self, ctx: DeviceContext) -> str:
+        """The 9p tag: *tag* if given, else positional (``fs0``...), so that VMs with
+        the same devices can share a snapshot."""
+        return self.tag or ctx.id_for(self, "fs")
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         fsdev = ctx.id_for(self, "fs")
@@ -60,17 +65,22 @@ class P9Directory(Device):
                 readonly=True if self.read_only else None,
             ),
             "-device",
-            option_string("virtio-9p-pci", fsdev=fsdev, mount_tag=self.tag),
+            option_string("virtio-9p-pci", fsdev=fsdev, mount_tag=self.mount_tag(ctx)),
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
+        tag = self.mount_tag(ctx)
         if self.boot:
-            return [f"root={self.tag}", "rootfstype=9p", "rootflags=trans=virtio,version=9p2000.L"]
+            return [f"root={tag}", "rootfstype=9p", "rootflags=trans=virtio,version=9p2000.L"]
         mode = "ro" if self.read_only else "rw"
-        return [f"pytest_qemu.mount=9p,{self.tag},{self.guest_path},{mode}"]
+        return [f"pytest_qemu.mount=9p,{tag},{self.guest_path},{mode}"]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        # A root file system is in use from the first instant: it cannot be swapped after restore.
+        return None if self.boot else f"9p:{self.mount_tag(ctx)}:{self.read_only}"
 
     def __repr__(self) -> str:
-        return f"P9Directory({str(self.directory)!r}, tag={self.tag!r})"
+        return f"P9Directory({str(self.directory)!r}, name={self.name!r})"
 
 
 class ReadOnlyDirectory(Device):
@@ -119,6 +129,10 @@ class ReadOnlyDirectory(Device):
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
         return [f"pytest_qemu.mount=fat,{self.name},{self.guest_path},ro"]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        # The guest reads the serial from the device on every lookup, so it may differ.
+        return "fat"
 
     def __repr__(self) -> str:
         return f"ReadOnlyDirectory({str(self.directory)!r}, name={self.name!r})"

@@ -30,6 +30,9 @@ class VirtioRandom(Device):
             option_string("virtio-rng-pci", rng=rng),
         ]
 
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        return "rng"
+
     def __repr__(self) -> str:
         return "VirtioRandom()"
 
@@ -86,6 +89,13 @@ class Disk(Device):
             "-device",
             option_string("virtio-blk-pci", drive=drive, serial=self.serial),
         ]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        # The guest learns the disk's size when it probes it, before the snapshot; only
+        # a raw image's size is known without reading the image.
+        if self.format != "raw":
+            return None
+        return f"disk:{self.read_only}:{self.image.stat().st_size}"
 
     def __repr__(self) -> str:
         return f"Disk({str(self.image)!r}, format={self.format!r}, read_only={self.read_only})"

@@ -172,7 +172,11 @@ class NetworkInterface(Device):
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
-        return [f"pytest_qemu.net={self.mac},{self.address}/{self.prefix_length}"]
+        position = ctx.index_for(self, "net")
+        return [f"pytest_qemu.net={self.mac},{self.address}/{self.prefix_length},,{position}"]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        return "net:multicast"
 
     def __repr__(self) -> str:
         return f"NetworkInterface(address={self.address!r}, mac={self.mac!r})"
@@ -245,7 +249,8 @@ class UserNetwork(Device):
         return ["-netdev", netdev_option, *_virtio_nic(netdev, self.mac)]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
-        return [f"pytest_qemu.net={self.mac},{self.guest_address}/24,{self.gateway}"]
+        position = ctx.index_for(self, "net")
+        return [f"pytest_qemu.net={self.mac},{self.guest_address}/24,{self.gateway},{position}"]
 
     def release(self) -> None:
         with self._lock:

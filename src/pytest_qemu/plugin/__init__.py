@@ -38,7 +38,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "qemu: the test starts QEMU virtual machines")
+    config.addinivalue_line(
+        "markers",
+        "qemu(snapshot=True): options for the test's VMs; snapshot=False boots them "
+        "instead of restoring a saved boot",
+    )
     try:
         settings(config)
     except QemuError as error:

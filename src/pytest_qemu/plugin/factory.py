@@ -12,6 +12,7 @@ from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
+from pytest_qemu.vm.snapshot import SnapshotStore
 
 
 class VMFactory:
@@ -34,8 +35,10 @@ class VMFactory:
         kernel: Path | None = None,
         initramfs: Path | None = None,
         kernel_args: Sequence[str] = (),
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self._guest = guest
+        self._snapshots = snapshots
         self._qemu = qemu
         self._accelerator = accelerator
         self._log_root = log_root
@@ -58,8 +61,12 @@ class VMFactory:
         qemu_args: Iterable[str] = (),
         cpus: int = 1,
         boot_timeout: float | None = None,
+        snapshot: bool | None = None,
     ) -> VM:
-        """Start a VM with *devices* and return it once its command agent answers."""
+        """Start a VM with *devices* and return it once its command agent answers.
+
+        ``snapshot=False`` boots it even when snapshots are on for the run.
+        """
         if isinstance(kernel_args, str) or isinstance(qemu_args, str):
             raise ConfigurationError(
                 "kernel_args and qemu_args take a list of arguments, not one string: "
@@ -82,7 +89,12 @@ class VMFactory:
         )
         with self._lock:
             log_dir = self._log_root / f"vm{len(self.vms)}"
-            vm = VM(spec, log_dir=log_dir, boot_timeout=boot_timeout or self._boot_timeout)
+            vm = VM(
+                spec,
+                log_dir=log_dir,
+                boot_timeout=boot_timeout or self._boot_timeout,
+                snapshots=self._snapshots if snapshot in (None, True) else None,
+            )
             self.vms.append(vm)
         vm.start()
         return vm

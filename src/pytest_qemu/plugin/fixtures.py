@@ -14,7 +14,13 @@ from pytest_qemu.errors import QemuError
 from pytest_qemu.guest.default import DefaultGuest
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.options import QemuSettings
-from pytest_qemu.plugin.session import accelerator_choice, default_guest, factories_key, settings
+from pytest_qemu.plugin.session import (
+    accelerator_choice,
+    default_guest,
+    factories_key,
+    settings,
+    snapshot_store,
+)
 from pytest_qemu.vm.machine import VM
 
 
@@ -74,6 +80,7 @@ def qemu_vm_factory(
         kernel=qemu_settings.kernel,
         initramfs=qemu_settings.initramfs,
         kernel_args=qemu_settings.kernel_args,
+        snapshots=snapshot_store(request),
     )
     request.node.stash.setdefault(factories_key, []).append(factory)
     try:

@@ -28,9 +28,10 @@ _OPTIONS = (
     ("boot-timeout", "seconds a guest may take to come up", "120"),
     (
         "cache-dir",
-        "where built guests and probe results are kept (default ~/.cache/pytest-qemu)",
+        "where built guests, snapshots and probe results are kept (default ~/.cache/pytest-qemu)",
         "",
     ),
+    ("snapshots", "restore VMs from a saved boot instead of booting them: on or off", "on"),
 )
 
 
@@ -85,6 +86,7 @@ class QemuSettings:
     memory_mb: int
     boot_timeout: float
     cache_dir: Path | None
+    snapshots: bool
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -92,6 +94,9 @@ class QemuSettings:
         if accel not in ACCELERATOR_CHOICES:
             raise ConfigurationError(f"--qemu-accel {accel!r} is not one of {ACCELERATOR_CHOICES}")
         cache_dir = _value(config, "cache-dir")
+        snapshots = _value(config, "snapshots")
+        if snapshots not in ("on", "off"):
+            raise ConfigurationError(f"--qemu-snapshots {snapshots!r} is not 'on' or 'off'")
         return cls(
             binary=_value(config, "binary"),
             kernel=_existing_file(config, "kernel"),
@@ -101,6 +106,7 @@ class QemuSettings:
             memory_mb=int(_number(config, "memory", int)),
             boot_timeout=_number(config, "boot-timeout", float),
             cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
+            snapshots=snapshots == "on",
         )
 
     def resolved_binary(self) -> str:

@@ -11,6 +11,7 @@ from pytest_qemu.guest.cache import BuildCache, default_cache_dir
 from pytest_qemu.guest.default import DefaultGuest
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
+from pytest_qemu.vm.snapshot import SnapshotStore
 
 settings_key = pytest.StashKey[QemuSettings]()
 guest_key = pytest.StashKey[DefaultGuest]()
@@ -48,3 +49,14 @@ def accelerator_choice(config: pytest.Config) -> AcceleratorChoice:
             run_settings.accel, run_settings.binary, cache_dir(config), kernel
         )
     return config.stash[accelerator_key]
+
+
+def snapshot_store(request: pytest.FixtureRequest) -> SnapshotStore | None:
+    """Where the test's VMs keep snapshots; None when ``--qemu-snapshots=off`` or
+    the test is marked ``@pytest.mark.qemu(snapshot=False)``."""
+    marker = request.node.get_closest_marker("qemu")
+    if marker is not None and marker.kwargs.get("snapshot") is False:
+        return None
+    if not settings(request.config).snapshots:
+        return None
+    return SnapshotStore(cache_dir(request.config) / "snapshots")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +70,20 @@ class RuntimePaths:
         )
 
 
+#: Kernel arguments read by the default guest's setup script, not by the kernel.
+SETUP_ARGUMENT_PREFIX = "pytest_qemu."
+
+
 @dataclass
 class BuiltCommandLine:
+    """A VM's command line and what goes with it."""
+
     argv: list[str]
-    kernel_args: list[str] = field(default_factory=list)
+    kernel_args: list[str]
+    #: The ``pytest_qemu.*`` settings the guest's setup script applies (mounts, addresses).
+    setup_args: list[str] = field(default_factory=list)
+    #: What the guest sees of each device; None if a device cannot be snapshotted.
+    device_layout: list[str] | None = None
 
 
 def _unique(values: Sequence[str], what: str, devices: Sequence[Device]) -> None:
@@ -98,15 +109,37 @@ def _check_guest_names(devices: Sequence[Device]) -> None:
     _unique(paths, "guest path", devices)
 
 
-def build_command_line(spec: MachineSpec, paths: RuntimePaths) -> BuiltCommandLine:
-    """The QEMU argv for *spec*, with QMP, console and agent on UNIX sockets at *paths*."""
+def build_command_line(
+    spec: MachineSpec,
+    paths: RuntimePaths,
+    *,
+    setup_on_kernel_command_line: bool = True,
+    incoming: Path | None = None,
+) -> BuiltCommandLine:
+    """The QEMU argv for *spec*, with QMP, console and agent on UNIX sockets at *paths*.
+
+    With ``setup_on_kernel_command_line=False`` the guest is booted without its
+    per-VM settings (mounts, addresses), which the host then applies through
+    the agent: that boot can be saved and restored for other VMs. *incoming*
+    is a saved state to restore instead of booting.
+    """
     _check_guest_names(spec.devices)
     ctx = DeviceContext()
     device_args: list[str] = []
     kernel_args = list(spec.kernel_args)
+    setup_args: list[str] = []
+    layout: list[str] | None = []
     for device in spec.devices:
         device_args += device.qemu_args(ctx)
-        kernel_args += device.kernel_args(ctx)
+        for argument in device.kernel_args(ctx):
+            if argument.startswith(SETUP_ARGUMENT_PREFIX):
+                setup_args.append(argument)
+            else:
+                kernel_args.append(argument)
+        device_layout = device.snapshot_layout(ctx)
+        layout = None if layout is None or device_layout is None else [*layout, device_layout]
+    if setup_on_kernel_command_line:
+        kernel_args += setup_args
 
     def server_socket(chardev_id: str, path: Path, **options: str | bool) -> str:
         return option_string(
@@ -135,7 +168,8 @@ def build_command_line(spec: MachineSpec, paths: RuntimePaths) -> BuiltCommandLi
         "-chardev", server_socket("qmp", paths.qmp_socket),
         "-mon", "chardev=qmp,mode=control",
         "-chardev", server_socket(
-            "console", paths.console_socket, logfile=str(paths.console_log), logappend=False
+            # Appending lets a restored VM's log start with the boot it was saved from.
+            "console", paths.console_socket, logfile=str(paths.console_log), logappend=True
         ),
         "-serial", "chardev:console",
         "-device", "virtio-serial-pci,id=agent-serial",
@@ -144,4 +178,7 @@ def build_command_line(spec: MachineSpec, paths: RuntimePaths) -> BuiltCommandLi
     ]  # fmt: skip
     argv += device_args
     argv += list(spec.extra_args)
-    return BuiltCommandLine(argv, kernel_args)
+    if incoming is not None:
+        # QEMU runs exec: URIs with /bin/sh.
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
+    return BuiltCommandLine(argv, kernel_args, setup_args, layout)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
 import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +31,25 @@ from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
 from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.process import spawn
 from pytest_qemu.vm.qmp import QMPConnection
+from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
 
 _SOCKET_WAIT = 10.0
+#: A restore answers in well under a second; past this, boot instead.
+_RESTORE_TIMEOUT = 30.0
+_SAVE_TIMEOUT = 60.0
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
+
+
+class SnapshotWarning(UserWarning):
+    """A snapshot could not be saved or restored; the VM booted instead."""
+
+
+class GuestSetupError(VMError):
+    """The guest could not apply the VM's settings (a mount or an address failed)."""
+
+
+def _which(qemu: str) -> Path:
+    return Path(shutil.which(qemu) or qemu)
 
 
 @dataclass(frozen=True)
@@ -61,10 +80,18 @@ class VM:
     Create it with a :class:`MachineSpec` and call :meth:`start` (or use it as
     a context manager); the fixtures do both for you. :meth:`shutdown` or
     :meth:`kill` ends it; so does the death of the Python process.
+
+    With a :class:`SnapshotStore`, the VM is restored from a saved boot of a
+    VM with the same hardware when there is one (and saves one when there is
+    not), then given its own settings through the agent.
     """
 
     def __init__(
-        self, spec: MachineSpec, log_dir: Path | None = None, boot_timeout: float = 120.0
+        self,
+        spec: MachineSpec,
+        log_dir: Path | None = None,
+        boot_timeout: float = 120.0,
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.spec = spec
         self.boot_timeout = boot_timeout
@@ -73,48 +100,120 @@ class VM:
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
-        built = build_command_line(spec, self._paths)
+        built = build_command_line(spec, self._paths, setup_on_kernel_command_line=False)
+        self._snapshot: Snapshot | None = None
+        if snapshots is not None and built.device_layout is not None:
+            key = snapshot_key(spec, _which(spec.qemu), built.kernel_args, built.device_layout)
+            self._snapshot = snapshots.get(key)
+        else:
+            built = build_command_line(spec, self._paths, setup_on_kernel_command_line=True)
         self.argv: list[str] = built.argv
         self.kernel_args: list[str] = built.kernel_args
+        self._setup_args = built.setup_args
         self.stderr_log = self.log_dir / "qemu-stderr.log"
         self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
         self._process: subprocess.Popen[bytes] | None = None
         self._qmp: QMPConnection | None = None
         self._agent = AgentChannel(self._paths.agent_socket)
         self._lifecycle_lock = threading.Lock()
+        self._started = False
         self._stopped = False
         self.boot_seconds: float | None = None
+        #: The snapshot this VM was restored from, or None if it booted.
+        self.restored_from: Path | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     @concise_traceback
     def start(self) -> VM:
         """Start QEMU and wait until the guest's command agent answers."""
-        if self._process is not None:
+        if self._started:
             raise VMError("this VM was already started; create a new VM to start another")
+        self._started = True
         started = time.monotonic()
-        with self.stderr_log.open("wb") as stderr:
-            try:
-                self._process = spawn(self.argv, stderr=stderr)
-            except FileNotFoundError as error:
-                self._cleanup_files()
-                raise SetupError(
-                    f"QEMU binary {self.argv[0]!r} was not found: install it with "
-                    "`apt-get install qemu-system-x86` or pass --qemu-binary"
-                ) from error
         _live_vms.add(self)
         try:
-            self._qmp = QMPConnection(str(self._paths.qmp_socket), f"vm-{self.pid}")
+            if self._snapshot is None:
+                self._boot(started)
+                self._check_boot_setup()
+            else:
+                self._start_from_snapshot(self._snapshot, started)
+        except BaseException:
+            self.kill()
+            raise
+        self.boot_seconds = time.monotonic() - started
+        return self
+
+    def _start_from_snapshot(self, snapshot: Snapshot, started: float) -> None:
+        if snapshot.exists() and self._restore(snapshot, started):
+            return
+        # One process boots and saves; the others wait here, then restore what it saved.
+        with snapshot.building():
+            if snapshot.exists() and self._restore(snapshot, started):
+                return
+            self._boot(started)
+            self._save(snapshot)
+        self._personalise()
+
+    def _boot(self, started: float) -> None:
+        """Launch QEMU on :attr:`argv` and wait for the agent, within the boot timeout."""
+        self._launch(self.argv, console_prefix=None)
+        self._wait_until_ready(started + self.boot_timeout)
+
+    def _restore(self, snapshot: Snapshot, started: float) -> bool:
+        """Restore *snapshot* and personalise it; on failure warn, clean up and return False."""
+        argv = build_command_line(
+            self.spec, self._paths, setup_on_kernel_command_line=False, incoming=snapshot.state
+        ).argv
+        try:
+            self._launch(argv, console_prefix=snapshot.console)
+            deadline = min(started + self.boot_timeout, time.monotonic() + _RESTORE_TIMEOUT)
+            self._wait_until_ready(deadline)
+        except (VMError, OSError) as error:
+            details = self._stderr_tail()
+            self._stop_process()
+            snapshot.discard()
+            warnings.warn(
+                SnapshotWarning(
+                    f"restoring snapshot {snapshot.state} failed, booting instead: {error}"
+                    + (f"\nQEMU stderr:\n{details}" if details else "")
+                ),
+                stacklevel=4,
+            )
+            return False
+        self.argv = argv
+        self.restored_from = snapshot.state
+        self._personalise()
+        return True
+
+    def _launch(self, argv: list[str], console_prefix: Path | None) -> None:
+        with self._paths.console_log.open("wb") as console:
+            if console_prefix is not None:
+                with contextlib.suppress(OSError):
+                    console.write(console_prefix.read_bytes())
+                console.write(b"\n[pytest-qemu: restored from a snapshot]\n")
+        with self.stderr_log.open("wb") as stderr:
+            try:
+                self._process = spawn(argv, stderr=stderr)
+            except FileNotFoundError:
+                raise SetupError(
+                    f"QEMU binary {argv[0]!r} was not found: install it with "
+                    "`apt-get install qemu-system-x86` or pass --qemu-binary"
+                ) from None
+        self._qmp = QMPConnection(str(self._paths.qmp_socket), f"vm-{self.pid}")
+        self._agent = AgentChannel(self._paths.agent_socket)
+
+    def _wait_until_ready(self, deadline: float) -> None:
+        """Connect QMP and the agent, and wait for the agent's answer; a clear error if not."""
+        assert self._qmp is not None
+        try:
             self._wait_for_socket(self._paths.qmp_socket)
             self._qmp.connect(timeout=_SOCKET_WAIT)
             self._wait_for_socket(self._paths.agent_socket)
             self._agent.connect()
-            remaining = self.boot_timeout - (time.monotonic() - started)
-            self._agent.wait_ready(max(remaining, 0.1), self.is_running)
+            self._agent.wait_ready(max(deadline - time.monotonic(), 0.1), self.is_running)
         except (AgentUnavailable, OSError, TimeoutError, VMError) as error:
-            exited = self._has_exited()
-            self.kill()
-            if exited:
+            if self._has_exited():
                 raise VMExited(
                     self.failure_report(f"QEMU exited while the VM was starting ({error})")
                 ) from None
@@ -123,11 +222,54 @@ class VM:
                     f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
                 )
             ) from None
-        except BaseException:
-            self.kill()
-            raise
-        self.boot_seconds = time.monotonic() - started
-        return self
+
+    def _save(self, snapshot: Snapshot) -> None:
+        """Save this just-booted VM as *snapshot*, then let it run on."""
+        assert self._qmp is not None
+        partial = snapshot.partial_path()
+        try:
+            self._qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
+            deadline = time.monotonic() + _SAVE_TIMEOUT
+            while (status := self._qmp.execute("query-migrate", None, 30).get("status")) not in (
+                "completed",
+                "failed",
+                "cancelled",
+            ):
+                if time.monotonic() > deadline:
+                    self._qmp.execute("migrate_cancel", None, 30)
+                    status = "timed out"
+                    break
+                time.sleep(0.02)
+            if status == "completed":
+                snapshot.publish(partial, self.console_log)
+            else:
+                warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
+        finally:
+            partial.unlink(missing_ok=True)
+            # After a migration the source VM is paused; this VM carries on as the test's VM.
+            self._qmp.execute("cont", None, 30)
+
+    def _personalise(self) -> None:
+        """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
+        setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
+        script = (
+            f"date -u -s @{int(time.time())} >/dev/null; "
+            "head -c 64 >/dev/urandom; "
+            "echo 3 >/proc/sys/vm/drop_caches; "
+            f"/etc/pytest-qemu/setup {setup}"
+        )
+        result = self.run(script, timeout=60, input=os.urandom(64))
+        if result.returncode != 0:
+            raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
+
+    def _check_boot_setup(self) -> None:
+        """Fail the start if the guest's init could not apply the VM's settings at boot."""
+        result = self.run(
+            "cat /run/pytest-qemu/setup.err >&2; exit $(cat /run/pytest-qemu/setup.status)",
+            timeout=60,
+        )
+        if result.returncode != 0:
+            raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
 
     def _has_exited(self) -> bool:
         """Whether QEMU has exited, allowing a moment for an exit already under way."""
@@ -173,21 +315,24 @@ class VM:
             if self._stopped:
                 return
             self._stopped = True
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._agent.close()
+        self._stop_process()
         self.console.close()
-        if self._qmp is not None:
-            self._qmp.close()
         for device in self.spec.devices:
             device.release()
         self._cleanup_files()
         _live_vms.discard(self)
 
-    def _cleanup_files(self) -> None:
+    def _stop_process(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._agent.close()
+        if self._qmp is not None:
+            self._qmp.close()
         for path in (self._paths.qmp_socket, self._paths.console_socket, self._paths.agent_socket):
             path.unlink(missing_ok=True)
+
+    def _cleanup_files(self) -> None:
         # Without a log directory of its own, the console log lives here: keep it.
         if self.log_dir != self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -282,12 +427,15 @@ class VM:
         if not self.is_running():
             raise VMExited(self.failure_report(f"cannot {action}: the VM is not running"))
 
+    def _stderr_tail(self) -> str:
+        try:
+            return self.stderr_log.read_text(errors="replace").strip()[-3000:]
+        except OSError:
+            return ""
+
     def failure_report(self, headline: str) -> str:
         """*headline* followed by what is needed to debug it: command line, stderr, console."""
-        try:
-            stderr = self.stderr_log.read_text(errors="replace").strip()[-3000:]
-        except OSError:
-            stderr = ""
+        stderr = self._stderr_tail()
         status = self.returncode
         lines = [
             headline,

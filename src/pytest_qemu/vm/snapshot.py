@@ -1,0 +1,92 @@
+"""Saved, booted guests: restored in a fraction of a second instead of booted.
+
+A snapshot is the state of a VM saved with QMP ``migrate`` right after its
+command agent first answered, before any per-VM setting (mounts, addresses)
+was applied. It is keyed on everything that shapes the guest: QEMU, kernel,
+initramfs, machine, memory, kernel arguments and the device layout. A restored
+VM is then personalised through the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from pytest_qemu.guest.cache import cache_key, file_fingerprint
+from pytest_qemu.vm.argv import MachineSpec
+
+_FORMAT_VERSION = "1"
+
+
+def snapshot_key(
+    spec: MachineSpec, qemu_path: Path, kernel_args: Sequence[str], layout: Sequence[str]
+) -> str:
+    """A key that changes whenever anything that shapes the saved guest changes."""
+    parts = [
+        _FORMAT_VERSION,
+        file_fingerprint(qemu_path),
+        file_fingerprint(spec.kernel),
+        file_fingerprint(spec.initramfs) if spec.initramfs else "-",
+        spec.machine,
+        spec.accelerator,
+        str(spec.memory_mb),
+        str(spec.cpus),
+        "\0".join(kernel_args),
+        "\0".join(layout),
+        "\0".join(spec.extra_args),
+    ]
+    return cache_key(parts)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One saved state on disk and its files."""
+
+    state: Path
+    console: Path
+    lock_path: Path
+
+    def exists(self) -> bool:
+        return self.state.is_file()
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[None]:
+        """Held by the one process that builds this snapshot; the others wait for it."""
+        with FileLock(str(self.lock_path)):
+            yield
+
+    def partial_path(self) -> Path:
+        return self.state.with_name(f".{self.state.name}.{os.getpid()}.partial")
+
+    def publish(self, partial: Path, console_log: Path) -> None:
+        """Make a completed save visible to every process, console log first."""
+        console_partial = self.console.with_name(f".{self.console.name}.{os.getpid()}.partial")
+        shutil.copyfile(console_log, console_partial)
+        os.replace(console_partial, self.console)
+        os.replace(partial, self.state)
+
+    def discard(self) -> None:
+        """Remove a snapshot that failed to restore, so the next VM rebuilds it."""
+        for path in (self.state, self.console):
+            path.unlink(missing_ok=True)
+
+
+class SnapshotStore:
+    """Snapshots under a cache directory (``<cache>/snapshots``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def get(self, key: str) -> Snapshot:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Snapshot(
+            state=self.root / f"{key}.state",
+            console=self.root / f"{key}.console",
+            lock_path=self.root / f"{key}.lock",
+        )
