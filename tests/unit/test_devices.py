@@ -58,6 +58,7 @@ def test_p9_directory_with_comma_and_injection_attempt(tmp_path: Path) -> None:
     assert [o for o in options if o.startswith("security_model=")] == ["security_model=mapped-file"]
     assert args[2:] == ["-device", "virtio-9p-pci,fsdev=fs0,mount_tag=data"]
     assert device.kernel_args(DeviceContext()) == ["pytest_qemu.mount=9p,data,/mnt/data,rw"]
+    assert device.snapshot_layout(DeviceContext()) == "9p:data:False"
     assert device.guest_path == "/mnt/data"
 
 
@@ -93,7 +94,9 @@ def test_ids_are_unique_per_vm_and_stable_per_device(tmp_path: Path) -> None:
     assert "id=fat0" in ids[0] and "id=fat1" in ids[1] and ids[2] == ids[0]
     fsdevs = [share.qemu_args(ctx)[1].split(",")[1] for share in shares]
     assert fsdevs == ["id=fs0", "id=fs1"]
-    assert first.name != second.name and shares[0].tag != shares[1].tag
+    assert first.name != second.name and shares[0].name != shares[1].name
+    assert [share.mount_tag(ctx) for share in shares] == ["fs0", "fs1"]
+    assert shares[0].guest_path != shares[1].guest_path
 
 
 @pytest.mark.parametrize("bad_tag", ["", "has space", "a" * 32, "0starts-with-digit", "x,y"])
