@@ -90,7 +90,7 @@ def test_shared_directories_are_mounted_after_restore(start_vm: StartVM, tmp_pat
 
 def test_a_broken_snapshot_falls_back_to_booting(start_vm: StartVM) -> None:
     first = start_vm([VirtioRandom()])
-    snapshot = first._snapshot  # noqa: SLF001 - the test breaks the saved file on purpose
+    snapshot = first._snapshot
     assert snapshot is not None and snapshot.exists()
     snapshot.state.write_bytes(b"not a migration stream")
     with pytest.warns(SnapshotWarning, match="booting instead"):
