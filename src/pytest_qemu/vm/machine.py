@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qemu.qmp import QMPError
+
 from pytest_qemu.errors import (
     BootTimeout,
     CommandFailed,
@@ -168,7 +170,7 @@ class VM:
         try:
             self._launch(argv, console_prefix=snapshot.console)
             deadline = min(started + self.boot_timeout, time.monotonic() + _RESTORE_TIMEOUT)
-            self._wait_until_ready(deadline)
+            self._wait_until_ready(deadline, after_incoming=True)
         except (VMError, OSError) as error:
             details = self._stderr_tail()
             self._stop_process()
@@ -203,16 +205,27 @@ class VM:
         self._qmp = QMPConnection(str(self._paths.qmp_socket), f"vm-{self.pid}")
         self._agent = AgentChannel(self._paths.agent_socket)
 
-    def _wait_until_ready(self, deadline: float) -> None:
-        """Connect QMP and the agent, and wait for the agent's answer; a clear error if not."""
+    def _wait_until_ready(self, deadline: float, after_incoming: bool = False) -> None:
+        """Connect QMP and the agent, and wait for the agent's answer; a clear error if not.
+
+        *after_incoming*: wait for the restored guest to run before the first
+        ping, which would otherwise be lost and answered only at the next one.
+        """
         assert self._qmp is not None
         try:
             self._wait_for_socket(self._paths.qmp_socket)
             self._qmp.connect(timeout=_SOCKET_WAIT)
+            while (
+                after_incoming
+                and self._qmp.execute("query-status", None, 10)["status"] != "running"
+            ):
+                if time.monotonic() > deadline:
+                    raise VMError("the snapshot was not restored in time")
+                time.sleep(0.01)
             self._wait_for_socket(self._paths.agent_socket)
             self._agent.connect()
             self._agent.wait_ready(max(deadline - time.monotonic(), 0.1), self.is_running)
-        except (AgentUnavailable, OSError, TimeoutError, VMError) as error:
+        except (AgentUnavailable, OSError, TimeoutError, VMError, QMPError) as error:
             if self._has_exited():
                 raise VMExited(
                     self.failure_report(f"QEMU exited while the VM was starting ({error})")
@@ -251,13 +264,11 @@ class VM:
 
     def _personalise(self) -> None:
         """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
-        setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
-        script = (
-            f"date -u -s @{int(time.time())} >/dev/null; "
-            "head -c 64 >/dev/urandom; "
-            "echo 3 >/proc/sys/vm/drop_caches; "
-            f"/etc/pytest-qemu/setup {setup}"
-        )
+        script = f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom"
+        if self.spec.devices:
+            # Disks were probed before the save: read them afresh. Then mount and address.
+            setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
+            script += f"; echo 3 >/proc/sys/vm/drop_caches; /etc/pytest-qemu/setup {setup}"
         result = self.run(script, timeout=60, input=os.urandom(64))
         if result.returncode != 0:
             raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))

@@ -1,0 +1,225 @@
+"""How fast a test gets a ready VM: raw QEMU boots against pytest-qemu's cold boots and restores.
+
+Run from a checkout after ./scripts/setup.sh:
+
+    .venv/bin/python benchmarks/boot_times.py [--repeat 5] [--suite-tests 20]
+
+Everything is measured in the same run on the same machine, so compare the
+ratios: this machine is shared and noisy. Prints medians with min-max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_qemu.guest.cache import BuildCache, default_cache_dir
+from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
+from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.vm.machine import VM
+from pytest_qemu.vm.snapshot import SnapshotStore
+
+USERLAND_MARKER = b"pytest-qemu: guest ready"
+#: The modules a "full" initramfs carries, as a hand-written one would: every device's.
+ALL_MODULES = ["virtio_net", "virtio_blk", "virtio_rng", "9p", "9pnet_virtio", "vfat"]
+
+
+def time_to_console_line(argv: list[str], marker: bytes, timeout: float = 120) -> float:
+    """Seconds from starting *argv* until *marker* appears on its stdout (the serial console)."""
+    started = time.monotonic()
+    process = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        while marker not in output:
+            remaining = started + timeout - time.monotonic()
+            if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
+                raise RuntimeError(f"{marker!r} did not appear within {timeout} s")
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError(f"QEMU exited before printing {marker!r}")
+            output += chunk
+        return time.monotonic() - started
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+
+def raw_argv(kernel: Path, initramfs: Path, fast: bool) -> list[str]:
+    common = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+    ]
+    common += ["-kernel", str(kernel), "-initrd", str(initramfs), "-no-reboot"]
+    lean = ["-machine", "pc", "-nodefaults", "-no-user-config"] if fast else ["-machine", "pc"]
+    return [*common, *lean, "-append", " ".join(DEFAULT_KERNEL_ARGS)]
+
+
+def measure(label: str, repeat: int, sample: Callable[[], float]) -> list[float]:
+    values = []
+    for _ in range(repeat):
+        values.append(sample())
+    print(f"  {label}: {summary(values)}", flush=True)
+    return values
+
+
+def summary(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+
+
+def start_vm(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None) -> VM:
+    spec = MachineSpec(
+        kernel=guest.kernel_image(), initramfs=guest.initramfs([]), kernel_args=DEFAULT_KERNEL_ARGS
+    )
+    return VM(spec, log_dir=Path(tempfile.mkdtemp(dir=log_root)), snapshots=snapshots).start()
+
+
+def timed_start(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None) -> float:
+    started = time.monotonic()
+    vm = start_vm(guest, log_root, snapshots)
+    elapsed = time.monotonic() - started
+    vm.kill()
+    return elapsed
+
+
+SUITE = """
+import pytest
+
+@pytest.mark.parametrize("number", range({tests}))
+def test_vm(qemu_vm, number):
+    assert qemu_vm.check("echo $((number + 1))".replace("number", str(number))) == f"{{number + 1}}\\n"
+"""
+
+
+def time_suite(directory: Path, workers: str) -> float:
+    started = time.monotonic()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--qemu-accel=tcg",
+            "-n",
+            workers,
+        ],
+        cwd=directory,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="samples per measurement (default 5)")
+    parser.add_argument("--suite-tests", type=int, default=20, help="tests in the suite of step 6")
+    parser.add_argument("--suite-repeat", type=int, default=1, help="runs of the suite at each -n")
+    arguments = parser.parse_args()
+
+    guest = DefaultGuest(BuildCache(default_cache_dir()))
+    host_kernel = guest.host_kernel.image
+    work = Path(tempfile.mkdtemp(prefix="pytest-qemu-bench-"))
+    try:
+        full_initramfs = guest.initramfs(ALL_MODULES)
+        lean_initramfs = guest.initramfs([])
+        print(
+            f"QEMU: {subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}"
+        )
+        print(
+            f"kernel: {host_kernel} (booted as {guest.kernel_image().name} by the plugin), accelerator: tcg"
+        )
+        print("measurements:")
+        plain = measure(
+            "1. raw QEMU, plain boot (vmlinuz, pc, full initramfs) to userland",
+            arguments.repeat,
+            lambda: time_to_console_line(
+                raw_argv(host_kernel, full_initramfs, fast=False), USERLAND_MARKER
+            ),
+        )
+        fast = measure(
+            "2. raw QEMU, fastest cold boot (PVH vmlinux, -nodefaults, lean initramfs) to userland",
+            arguments.repeat,
+            lambda: time_to_console_line(
+                raw_argv(guest.kernel_image(), lean_initramfs, fast=True), USERLAND_MARKER
+            ),
+        )
+        cold = measure(
+            "3. pytest-qemu VM, cold boot, ready for vm.run",
+            arguments.repeat,
+            lambda: timed_start(guest, work, None),
+        )
+        store = SnapshotStore(work / "snapshots")
+        timed_start(guest, work, store)  # builds the snapshot
+        restored = measure(
+            "4. pytest-qemu VM, restored from a snapshot, ready for vm.run",
+            arguments.repeat,
+            lambda: timed_start(guest, work, store),
+        )
+        vm = start_vm(guest, work, store)
+        round_trips = []
+        for _ in range(max(50, arguments.repeat)):
+            started = time.monotonic()
+            vm.run("true")
+            round_trips.append(time.monotonic() - started)
+        vm.kill()
+        print(f"  5. vm.run('true') round trip: {summary(round_trips)}")
+
+        suite = work / "suite"
+        suite.mkdir()
+        (suite / "test_suite.py").write_text(SUITE.format(tests=arguments.suite_tests))
+        time_suite(suite, "0")  # warms the suite's snapshot
+        serial = measure(
+            f"6a. {arguments.suite_tests}-test qemu_vm suite, -n 0",
+            arguments.suite_repeat,
+            lambda: time_suite(suite, "0"),
+        )
+        parallel = measure(
+            f"6b. {arguments.suite_tests}-test qemu_vm suite, -n 2",
+            arguments.suite_repeat,
+            lambda: time_suite(suite, "2"),
+        )
+
+        median = statistics.median
+        print("ratios:")
+        print(
+            f"  3/2 plugin cold boot over the fastest raw boot: {median(cold) / median(fast):.2f} (target <= 1.10)"
+        )
+        print(
+            f"  4/1 snapshot restore over a plain boot: {median(restored) / median(plain):.3f} (target <= 0.050)"
+        )
+        sequential = arguments.suite_tests * median(plain)
+        print(
+            f"  6b over {arguments.suite_tests} plain boots one after another ({sequential:.1f} s): "
+            f"{median(parallel) / sequential:.3f} (target < {1 / 15:.3f})"
+        )
+        print(f"  6a/6b speed-up of -n 2 over -n 0: {median(serial) / median(parallel):.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
