@@ -16,11 +16,12 @@ import select
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from parallel_suite import SUITE, run_suite  # benchmarks/ is on sys.path when run as a script
 
 from pytest_qemu.guest.cache import BuildCache, default_cache_dir
 from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
@@ -83,7 +84,8 @@ def measure(label: str, repeat: int, sample: Callable[[], float]) -> list[float]
 
 
 def summary(values: list[float]) -> str:
-    return f"median {statistics.median(values):.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+    median = statistics.median(values)
+    return f"median {median:.3f} s (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
 
 
 def start_vm(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None) -> VM:
@@ -101,36 +103,6 @@ def timed_start(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | 
     return elapsed
 
 
-SUITE = """
-import pytest
-
-@pytest.mark.parametrize("number", range({tests}))
-def test_vm(qemu_vm, number):
-    assert qemu_vm.check("echo $((number + 1))".replace("number", str(number))) == f"{{number + 1}}\\n"
-"""
-
-
-def time_suite(directory: Path, workers: str) -> float:
-    started = time.monotonic()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--qemu-accel=tcg",
-            "-n",
-            workers,
-        ],
-        cwd=directory,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    return time.monotonic() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,11 +118,13 @@ def main() -> None:
     try:
         full_initramfs = guest.initramfs(ALL_MODULES)
         lean_initramfs = guest.initramfs([])
+        version = subprocess.run(
+            ["qemu-system-x86_64", "--version"], capture_output=True, text=True
+        ).stdout.splitlines()[0]
+        print(f"QEMU: {version}")
         print(
-            f"QEMU: {subprocess.run(['qemu-system-x86_64', '--version'], capture_output=True, text=True).stdout.splitlines()[0]}"
-        )
-        print(
-            f"kernel: {host_kernel} (booted as {guest.kernel_image().name} by the plugin), accelerator: tcg"
+            f"kernel: {host_kernel} (booted as {guest.kernel_image().name} by the plugin), "
+            "accelerator: tcg"
         )
         print("measurements:")
         plain = measure(
@@ -191,29 +165,37 @@ def main() -> None:
         suite = work / "suite"
         suite.mkdir()
         (suite / "test_suite.py").write_text(SUITE.format(tests=arguments.suite_tests))
-        time_suite(suite, "0")  # warms the suite's snapshot
+        tests = arguments.suite_tests
+
+        def time_suite(workers: int) -> float:
+            return run_suite(suite, workers, work / f"basetemp-{workers}", tests, [])
+
+        time_suite(0)  # builds the suite's snapshot
         serial = measure(
             f"6a. {arguments.suite_tests}-test qemu_vm suite, -n 0",
             arguments.suite_repeat,
-            lambda: time_suite(suite, "0"),
+            lambda: time_suite(0),
         )
         parallel = measure(
             f"6b. {arguments.suite_tests}-test qemu_vm suite, -n 2",
             arguments.suite_repeat,
-            lambda: time_suite(suite, "2"),
+            lambda: time_suite(2),
         )
 
         median = statistics.median
         print("ratios:")
         print(
-            f"  3/2 plugin cold boot over the fastest raw boot: {median(cold) / median(fast):.2f} (target <= 1.10)"
+            "  3/2 plugin cold boot over the fastest raw boot: "
+            f"{median(cold) / median(fast):.2f} (target <= 1.10)"
         )
         print(
-            f"  4/1 snapshot restore over a plain boot: {median(restored) / median(plain):.3f} (target <= 0.050)"
+            "  4/1 snapshot restore over a plain boot: "
+            f"{median(restored) / median(plain):.3f} (target <= 0.050)"
         )
         sequential = arguments.suite_tests * median(plain)
         print(
-            f"  6b over {arguments.suite_tests} plain boots one after another ({sequential:.1f} s): "
+            f"  6b over {arguments.suite_tests} plain boots one after another "
+            f"({sequential:.1f} s): "
             f"{median(parallel) / sequential:.3f} (target < {1 / 15:.3f})"
         )
         print(f"  6a/6b speed-up of -n 2 over -n 0: {median(serial) / median(parallel):.2f}")

@@ -23,6 +23,7 @@ from pytest_qemu.errors import (
     VMExited,
 )
 from pytest_qemu.vm import VM, CommandResult, Console, ConsoleTimeout, MachineSpec
+from pytest_qemu.vm.machine import GuestSetupError, SnapshotWarning
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "Device",
     "DeviceContext",
     "Disk",
+    "GuestSetupError",
     "MachineSpec",
     "Network",
     "NetworkInterface",
@@ -46,6 +48,7 @@ __all__ = [
     "QemuError",
     "ReadOnlyDirectory",
     "SetupError",
+    "SnapshotWarning",
     "UserNetwork",
     "VMError",
     "VMExited",

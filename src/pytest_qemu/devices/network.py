@@ -52,7 +52,11 @@ def multicast_netdev(netdev_id: str, port: int) -> str:
 
 
 def _subnet_prefix(network_id: int) -> str:
-    return f"10.{network_id >> 8}.{network_id & 0xFF}"
+    # 10.0.x.0/24 is left alone: user networking lives in 10.0.2.0/24.
+    second_octet = 1 + (network_id >> 8)
+    if second_octet > 255:
+        raise ConfigurationError(f"network id {network_id} is too large for a 10.X.Y.0/24 subnet")
+    return f"10.{second_octet}.{network_id & 0xFF}"
 
 
 def _virtio_nic(netdev: str, mac: str) -> list[str]:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
+from pytest_qemu.errors import SetupError
+
 __all__ = [
     "HostKernel",
     "KernelError",
@@ -46,7 +48,7 @@ _INSTALL_HINT: Final = (
 )
 
 
-class KernelError(Exception):
+class KernelError(SetupError):
     """A kernel image cannot be used."""
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from pytest_qemu.errors import SetupError
+
 __all__ = [
     "SOFT_DEPENDENCIES",
     "KernelModule",
@@ -71,7 +73,7 @@ SOFT_DEPENDENCIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 )
 
 
-class ModuleError(Exception):
+class ModuleError(SetupError):
     """A kernel module cannot be found, indexed or read."""
 
 

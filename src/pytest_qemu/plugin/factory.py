@@ -92,7 +92,7 @@ class VMFactory:
             vm = VM(
                 spec,
                 log_dir=log_dir,
-                boot_timeout=boot_timeout or self._boot_timeout,
+                boot_timeout=self._boot_timeout if boot_timeout is None else boot_timeout,
                 snapshots=self._snapshots if snapshot in (None, True) else None,
             )
             self.vms.append(vm)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def qemu_vm_factory(
         guest=qemu_guest,
         qemu=qemu,
         accelerator=accelerator,
-        log_root=tmp_path_factory.mktemp(f"qemu-{request.node.name[:30]}", numbered=True),
+        log_root=tmp_path_factory.mktemp(
+            "qemu-" + re.sub(r"[^\w.-]", "_", request.node.name)[:30], numbered=True
+        ),
         memory_mb=qemu_settings.memory_mb,
         boot_timeout=qemu_settings.boot_timeout,
         kernel=qemu_settings.kernel,
@@ -126,7 +129,7 @@ def fat_dir(tmp_path: Path) -> ReadOnlyDirectory:
 
 
 @pytest.fixture
-def qemu_network() -> Iterator[Network]:
+def qemu_network(request: pytest.FixtureRequest) -> Iterator[Network]:
     """A fresh :class:`~pytest_qemu.Network`: call ``qemu_network.new_vm()`` once per VM.
 
     Its port and MACs are leased for the test and released at its end.
@@ -135,4 +138,8 @@ def qemu_network() -> Iterator[Network]:
     try:
         yield network
     finally:
+        # Fixtures end in reverse order of setup, so this may run before qemu_vm_factory's
+        # teardown: stop the VMs first, or their MACs and port are freed while still in use.
+        for factory in request.node.stash.get(factories_key, []):
+            factory.close()
         network.close()

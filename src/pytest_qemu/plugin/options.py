@@ -64,6 +64,13 @@ def _number(config: pytest.Config, name: str, kind: type[int] | type[float]) -> 
     return value
 
 
+def _memory(config: pytest.Config) -> int:
+    memory = int(_number(config, "memory", int))
+    if memory < 64:
+        raise ConfigurationError(f"--qemu-memory {memory} is too small: give at least 64 (MiB)")
+    return memory
+
+
 def _existing_file(config: pytest.Config, name: str) -> Path | None:
     text = _value(config, name)
     if not text:
@@ -103,7 +110,7 @@ class QemuSettings:
             initramfs=_existing_file(config, "initramfs"),
             kernel_args=tuple(shlex.split(_value(config, "kernel-args"))),
             accel=accel,
-            memory_mb=int(_number(config, "memory", int)),
+            memory_mb=_memory(config),
             boot_timeout=_number(config, "boot-timeout", float),
             cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
             snapshots=snapshots == "on",

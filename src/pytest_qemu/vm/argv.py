@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext
+from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
+from pytest_qemu.devices.misc import Disk
 from pytest_qemu.devices.options import option_string
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.vm.agent import AGENT_PORT_NAME
@@ -97,15 +99,16 @@ def _unique(values: Sequence[str], what: str, devices: Sequence[Device]) -> None
         seen.add(value)
 
 
-def _check_guest_names(devices: Sequence[Device]) -> None:
-    """Reject two shares with one 9p tag, FAT name or guest path: they would shadow each other."""
-    tags = [tag for device in devices if isinstance(tag := getattr(device, "tag", None), str)]
-    names = [name for device in devices if isinstance(name := getattr(device, "name", None), str)]
+def _check_guest_names(devices: Sequence[Device], ctx: DeviceContext) -> None:
+    """Reject two devices with one 9p tag, disk serial or guest path: one would hide the other."""
+    tags = [device.mount_tag(ctx) for device in devices if isinstance(device, P9Directory)]
+    serials = [device.name for device in devices if isinstance(device, ReadOnlyDirectory)]
+    serials += [device.serial for device in devices if isinstance(device, Disk)]
     paths = [
         path for device in devices if isinstance(path := getattr(device, "guest_path", None), str)
     ]
-    _unique(tags, "9p tag", devices)
-    _unique(names, "FAT name", devices)
+    _unique(tags, "9p mount tag", devices)
+    _unique(serials, "disk serial (FAT name or Disk serial)", devices)
     _unique(paths, "guest path", devices)
 
 
@@ -123,8 +126,8 @@ def build_command_line(
     the agent: that boot can be saved and restored for other VMs. *incoming*
     is a saved state to restore instead of booting.
     """
-    _check_guest_names(spec.devices)
     ctx = DeviceContext()
+    _check_guest_names(spec.devices, ctx)
     device_args: list[str] = []
     kernel_args = list(spec.kernel_args)
     setup_args: list[str] = []

@@ -102,13 +102,20 @@ class VM:
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
-        built = build_command_line(spec, self._paths, setup_on_kernel_command_line=False)
         self._snapshot: Snapshot | None = None
-        if snapshots is not None and built.device_layout is not None:
-            key = snapshot_key(spec, _which(spec.qemu), built.kernel_args, built.device_layout)
-            self._snapshot = snapshots.get(key)
-        else:
-            built = build_command_line(spec, self._paths, setup_on_kernel_command_line=True)
+        try:
+            built = build_command_line(spec, self._paths, setup_on_kernel_command_line=False)
+            if snapshots is not None and built.device_layout is not None:
+                key = snapshot_key(spec, _which(spec.qemu), built.kernel_args, built.device_layout)
+                self._snapshot = snapshots.get(key)
+            else:
+                built = build_command_line(spec, self._paths, setup_on_kernel_command_line=True)
+        except BaseException:
+            # No VM will exist to free these at teardown.
+            for device in spec.devices:
+                device.release()
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            raise
         self.argv: list[str] = built.argv
         self.kernel_args: list[str] = built.kernel_args
         self._setup_args = built.setup_args
@@ -147,29 +154,34 @@ class VM:
         return self
 
     def _start_from_snapshot(self, snapshot: Snapshot, started: float) -> None:
-        if snapshot.exists() and self._restore(snapshot, started):
+        if snapshot.exists() and self._restore(snapshot):
             return
         # One process boots and saves; the others wait here, then restore what it saved.
         with snapshot.building():
-            if snapshot.exists() and self._restore(snapshot, started):
-                return
-            self._boot(started)
-            self._save(snapshot)
-        self._personalise()
+            built_here = not snapshot.exists()
+            if built_here:
+                self._boot(started)
+                self._save(snapshot)
+        if built_here:
+            self._personalise()
+        elif not self._restore(snapshot):
+            # Waiting for the builder may have taken a while: give the boot its full time.
+            self._boot(time.monotonic())
+            self._personalise()
 
     def _boot(self, started: float) -> None:
         """Launch QEMU on :attr:`argv` and wait for the agent, within the boot timeout."""
         self._launch(self.argv, console_prefix=None)
         self._wait_until_ready(started + self.boot_timeout)
 
-    def _restore(self, snapshot: Snapshot, started: float) -> bool:
+    def _restore(self, snapshot: Snapshot) -> bool:
         """Restore *snapshot* and personalise it; on failure warn, clean up and return False."""
         argv = build_command_line(
             self.spec, self._paths, setup_on_kernel_command_line=False, incoming=snapshot.state
         ).argv
         try:
             self._launch(argv, console_prefix=snapshot.console)
-            deadline = min(started + self.boot_timeout, time.monotonic() + _RESTORE_TIMEOUT)
+            deadline = time.monotonic() + min(self.boot_timeout, _RESTORE_TIMEOUT)
             self._wait_until_ready(deadline, after_incoming=True)
         except (VMError, OSError) as error:
             details = self._stderr_tail()
@@ -185,6 +197,7 @@ class VM:
             return False
         self.argv = argv
         self.restored_from = snapshot.state
+        snapshot.mark_used()
         self._personalise()
         return True
 
@@ -233,6 +246,7 @@ class VM:
             raise BootTimeout(
                 self.failure_report(
                     f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
+                    f" ({error})"
                 )
             ) from None
 
@@ -240,6 +254,7 @@ class VM:
         """Save this just-booted VM as *snapshot*, then let it run on."""
         assert self._qmp is not None
         partial = snapshot.partial_path()
+        status = "not started"
         try:
             self._qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
             deadline = time.monotonic() + _SAVE_TIMEOUT
@@ -253,14 +268,17 @@ class VM:
                     status = "timed out"
                     break
                 time.sleep(0.02)
-            if status == "completed":
-                snapshot.publish(partial, self.console_log)
-            else:
-                warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
+        except QMPError as error:
+            # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
+            status = str(error)
         finally:
-            partial.unlink(missing_ok=True)
             # After a migration the source VM is paused; this VM carries on as the test's VM.
             self._qmp.execute("cont", None, 30)
+        if status == "completed":
+            snapshot.publish(partial, self.console_log)
+        else:
+            partial.unlink(missing_ok=True)
+            warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
 
     def _personalise(self) -> None:
         """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
@@ -276,6 +294,8 @@ class VM:
     def _check_boot_setup(self) -> None:
         """Fail the start if the guest's init could not apply the VM's settings at boot."""
         result = self.run(
+            # A guest of the user's own may have no setup status to report.
+            "[ -e /run/pytest-qemu/setup.status ] || exit 0; "
             "cat /run/pytest-qemu/setup.err >&2; exit $(cat /run/pytest-qemu/setup.status)",
             timeout=60,
         )

@@ -71,6 +71,11 @@ class Snapshot:
         os.replace(console_partial, self.console)
         os.replace(partial, self.state)
 
+    def mark_used(self) -> None:
+        """Record a restore, so that pruning keeps the snapshots in use."""
+        with contextlib.suppress(OSError):
+            os.utime(self.state)
+
     def discard(self) -> None:
         """Remove a snapshot that failed to restore, so the next VM rebuilds it."""
         for path in (self.state, self.console):
@@ -78,15 +83,33 @@ class Snapshot:
 
 
 class SnapshotStore:
-    """Snapshots under a cache directory (``<cache>/snapshots``)."""
+    """Snapshots under a cache directory (``<cache>/snapshots``).
 
-    def __init__(self, root: Path) -> None:
+    Each is as large as the guest memory in use (about 70 MB for the default
+    guest), so only the *keep* most recently used are kept.
+    """
+
+    def __init__(self, root: Path, keep: int = 16) -> None:
         self.root = root
+        self.keep = keep
 
     def get(self, key: str) -> Snapshot:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._prune()
         return Snapshot(
             state=self.root / f"{key}.state",
             console=self.root / f"{key}.console",
             lock_path=self.root / f"{key}.lock",
         )
+
+    def _prune(self) -> None:
+        def last_used(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except FileNotFoundError:
+                return 0.0
+
+        states = sorted(self.root.glob("*.state"), key=last_used, reverse=True)
+        for stale in states[self.keep :]:
+            # A VM restoring from it has the file open already; unlinking is safe.
+            Snapshot(stale, stale.with_suffix(".console"), stale.with_suffix(".lock")).discard()
