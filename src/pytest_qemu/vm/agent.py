@@ -45,7 +45,11 @@ class AgentChannel:
 
     def connect(self) -> None:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        connection.connect(str(self._socket_path))
+        try:
+            connection.connect(str(self._socket_path))
+        except OSError:
+            connection.close()
+            raise
         self._socket = connection
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,21 +225,23 @@ class VM:
         *after_incoming*: wait for the restored guest to run before the first
         ping, which would otherwise be lost and answered only at the next one.
         """
-        assert self._qmp is not None
+        qmp = self._qmp
+        assert qmp is not None
         try:
-            self._wait_for_socket(self._paths.qmp_socket)
-            self._qmp.connect(timeout=_SOCKET_WAIT)
-            while (
-                after_incoming
-                and self._qmp.execute("query-status", None, 10)["status"] != "running"
-            ):
+            self._connect(lambda: qmp.connect(timeout=_SOCKET_WAIT))
+            while after_incoming and qmp.execute("query-status", None, 10)["status"] != "running":
                 if time.monotonic() > deadline:
-                    raise VMError("the snapshot was not restored in time")
+                    raise AgentUnavailable("the snapshot was not restored in time")
                 time.sleep(0.01)
-            self._wait_for_socket(self._paths.agent_socket)
-            self._agent.connect()
+            self._connect(self._agent.connect)
+        except (OSError, TimeoutError, VMError, QMPError) as error:
+            headline = f"cannot connect to QEMU's sockets in {self._socket_dir} ({error})"
+            if self._has_exited():
+                headline = f"QEMU exited while the VM was starting ({error})"
+            raise VMExited(self.failure_report(headline)) from None
+        try:
             self._agent.wait_ready(max(deadline - time.monotonic(), 0.1), self.is_running)
-        except (AgentUnavailable, OSError, TimeoutError, VMError, QMPError) as error:
+        except AgentUnavailable as error:
             if self._has_exited():
                 raise VMExited(
                     self.failure_report(f"QEMU exited while the VM was starting ({error})")
@@ -249,6 +252,18 @@ class VM:
                     f" ({error})"
                 )
             ) from None
+
+    def _connect(self, connect: Callable[[], None]) -> None:
+        """Call *connect* until QEMU accepts: its socket file appears before it listens."""
+        deadline = time.monotonic() + _SOCKET_WAIT
+        while True:
+            try:
+                connect()
+                return
+            except (OSError, QMPError):
+                if not self.is_running() or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.005)
 
     def _save(self, snapshot: Snapshot) -> None:
         """Save this just-booted VM as *snapshot*, then let it run on."""
@@ -311,15 +326,6 @@ class VM:
         except subprocess.TimeoutExpired:
             return False
         return True
-
-    def _wait_for_socket(self, path: Path) -> None:
-        deadline = time.monotonic() + _SOCKET_WAIT
-        while not path.exists():
-            if not self.is_running():
-                raise VMExited("QEMU exited before it opened its sockets")
-            if time.monotonic() > deadline:
-                raise VMError(f"QEMU did not create {path} within {_SOCKET_WAIT:g} s")
-            time.sleep(0.005)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM gracefully (guest ``sync``, QMP ``quit``); kill it if that fails."""
