@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import Disk, P9Directory, ReadOnlyDirectory
+from pytest_qemu import ArbitraryArgs, Disk, GuestSetupError, P9Directory, ReadOnlyDirectory
 from pytest_qemu.plugin.factory import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -58,3 +58,11 @@ def test_writable_disk_round_trip(qemu_vm_factory: VMFactory, tmp_path: Path) ->
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw_copy)], check=True)
     raw = raw_copy.read_bytes()
     assert raw.startswith(b"persisted\n")
+
+
+def test_a_setting_the_guest_cannot_apply_fails_the_start(qemu_vm_factory: VMFactory) -> None:
+    broken_mount = ArbitraryArgs(
+        kernel_args=["pytest_qemu.mount=9p,no-such-tag,/mnt/nothing,rw"], guest_modules=["9p"]
+    )
+    with pytest.raises(GuestSetupError, match="cannot mount 9p share no-such-tag on /mnt/nothing"):
+        qemu_vm_factory(devices=[broken_mount])

@@ -57,8 +57,11 @@ class AgentChannel:
             self._socket.close()
             self._socket = None
 
-    def wait_ready(self, timeout: float, is_running: Callable[[], bool]) -> float:
-        """Ping until the agent answers; return the seconds it took.
+    def wait_ready(self, timeout: float, is_running: Callable[[], bool]) -> str:
+        """Ping until the agent answers; return the boot-time setup status it reports.
+
+        The status is the guest setup script's exit status as text, or ``-``
+        if the guest ran none (a guest of the user's own, say).
 
         Pings are repeated because bytes sent before the guest opens its port,
         or before a restored VM resumes, can be lost.
@@ -71,8 +74,9 @@ class AgentChannel:
                 self._send(f"PING {request_id}\n")
                 answer_by = min(deadline, time.monotonic() + _PING_INTERVAL)
                 # Any answer will do: earlier pings may be answered only now.
-                if self._receive_line("PONG ", answer_by, is_running) is not None:
-                    return time.monotonic() - start
+                if (line := self._receive_line("PONG ", answer_by, is_running)) is not None:
+                    fields = line.split(" ")
+                    return fields[2] if len(fields) > 2 else "-"
                 if time.monotonic() >= deadline:
                     raise AgentUnavailable(f"no answer from the guest agent within {timeout:g} s")
 
