@@ -52,7 +52,9 @@ def test_boot_timeout_reports_command_line_stderr_and_console(
     pytester: pytest.Pytester, isolated_state: Path
 ) -> None:
     pytester.makepyfile("def test_vm(qemu_vm): pass")
-    result = pytester.runpytest_subprocess("--qemu-boot-timeout=1", "--qemu-accel=tcg")
+    result = pytester.runpytest_subprocess(
+        "--qemu-boot-timeout=1", "--qemu-accel=tcg", "--qemu-snapshots=off"
+    )
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
         [
