@@ -75,6 +75,12 @@ def test_timeout_kills_the_command_and_keeps_the_vm(shared_vm: VM) -> None:
     assert shared_vm.check("echo still here") == "still here\n"
 
 
+def test_background_output_does_not_leak_into_later_commands(shared_vm: VM) -> None:
+    shared_vm.check("(sleep 1; echo late; echo late-error >&2) & echo started")
+    result = shared_vm.run("sleep 2; echo now")
+    assert (result.stdout, result.stderr) == ("now\n", "")
+
+
 def test_commands_do_not_appear_on_the_console(shared_vm: VM) -> None:
     shared_vm.check("echo secret-marker-$((6 * 7))")
     assert "secret-marker-42" not in shared_vm.console.text()
