@@ -51,6 +51,22 @@ class GuestSetupError(VMError):
     """The guest could not apply the VM's settings (a mount or an address failed)."""
 
 
+_SOCKET_DIR_PREFIX = "pytest-qemu-vm-"
+_swept = False
+
+
+def _sweep_orphan_socket_dirs() -> None:
+    """Remove socket directories left by processes that were killed (once per process)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for directory in Path(tempfile.gettempdir()).glob(f"{_SOCKET_DIR_PREFIX}*-*"):
+        owner = directory.name[len(_SOCKET_DIR_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _which(qemu: str) -> Path:
     return Path(shutil.which(qemu) or qemu)
 
@@ -99,7 +115,8 @@ class VM:
         self.spec = spec
         self.boot_timeout = boot_timeout
         # UNIX socket paths are limited to 108 bytes: keep them out of deep tmp_path trees.
-        self._socket_dir = Path(tempfile.mkdtemp(prefix="pytest-qemu-"))
+        _sweep_orphan_socket_dirs()
+        self._socket_dir = Path(tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-"))
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
