@@ -50,6 +50,7 @@ class DefaultGuest:
         self._host_kernel = host_kernel
         self._lock = threading.Lock()
         self._modules: ModuleIndex | None = None
+        self._initramfs_paths: dict[tuple[str, ...] | None, Path] = {}
         self._kernel_image: Path | None = None
 
     @property
@@ -85,9 +86,12 @@ class DefaultGuest:
         ``None`` means no modules at all, for a kernel other than the host's,
         which must then have virtio built in.
         """
-        resolved = (
-            [] if modules is None else self._module_index().resolve([*BASE_MODULES, *modules])
-        )
+        wanted = None if modules is None else tuple(sorted(set(modules)))
+        # Every VM start asks: remember the answer instead of re-reading the inputs.
+        with self._lock:
+            if wanted in self._initramfs_paths:
+                return self._initramfs_paths[wanted]
+        resolved = [] if wanted is None else self._module_index().resolve([*BASE_MODULES, *wanted])
         busybox = find_busybox()
         key = cache_key(
             [
@@ -101,7 +105,10 @@ class DefaultGuest:
         def build(out: BinaryIO) -> None:
             write_initramfs(out, busybox, busybox_applets(busybox), resolved)
 
-        return self._cache.get("initramfs", key, ".cpio", build)
+        path = self._cache.get("initramfs", key, ".cpio", build)
+        with self._lock:
+            self._initramfs_paths[wanted] = path
+        return path
 
     def _module_index(self) -> ModuleIndex:
         with self._lock:

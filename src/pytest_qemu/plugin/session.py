@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -13,10 +14,13 @@ from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
 from pytest_qemu.vm.snapshot import SnapshotStore
 
+if TYPE_CHECKING:
+    from pytest_qemu.plugin.factory import VMFactory
+
 settings_key = pytest.StashKey[QemuSettings]()
 guest_key = pytest.StashKey[DefaultGuest]()
 accelerator_key = pytest.StashKey[AcceleratorChoice]()
-factories_key = pytest.StashKey[list]()  # type: ignore[type-arg]
+factories_key = pytest.StashKey[list["VMFactory"]]()
 
 
 def settings(config: pytest.Config) -> QemuSettings:

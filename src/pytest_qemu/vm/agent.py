@@ -66,8 +66,7 @@ class AgentChannel:
         Pings are repeated because bytes sent before the guest opens its port,
         or before a restored VM resumes, can be lost.
         """
-        start = time.monotonic()
-        deadline = start + timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
             while True:
                 request_id = next(self._ids)

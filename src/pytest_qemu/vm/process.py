@@ -8,7 +8,6 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import IO
 
 _PR_SET_PDEATHSIG = 1
@@ -28,9 +27,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def spawn(
-    argv: Sequence[str], stderr: IO[bytes], cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
+def spawn(argv: Sequence[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
     """Start *argv* with no stdin and stdout, killed with SIGKILL if we die."""
     parent_pid = os.getpid()
 
@@ -40,7 +37,6 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
-            cwd=cwd,
             preexec_fn=lambda: _die_with_parent(parent_pid),
         )
 
