@@ -23,7 +23,7 @@ from pathlib import Path
 try:
     from pytest_qemu.allocation import Allocator, Lease
 except ImportError:  # not installed: use the source tree next to this script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pytest_qemu.allocation import Allocator, Lease
 
 KINDS = ("vm", "network", "tcp", "udp")

@@ -33,7 +33,7 @@ from pathlib import Path
 try:
     from pytest_qemu.allocation import Allocator
 except ImportError:  # not installed: use the source tree next to this script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pytest_qemu.allocation import Allocator
 from pytest_qemu.guest.cache import BuildCache, default_cache_dir
 from pytest_qemu.guest.default import DefaultGuest
