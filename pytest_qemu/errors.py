@@ -39,7 +39,27 @@ class VMExited(VMError):
 
 
 class CommandTimeout(VMError):
-    """A guest command ran longer than its timeout."""
+    """A guest command ran longer than its timeout; the guest killed it and everything
+    it started. The VM is still usable. ``result`` holds the output up to the kill."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        #: The :class:`~pytest_qemu.CommandResult` with the output the command wrote.
+        self.result = result
+
+
+class GuestUnresponsive(VMError):
+    """The guest stopped answering (no reply well past a command's timeout): the VM was
+    killed. Unlike :class:`CommandTimeout`, the VM cannot be used any more."""
+
+
+class AgentDied(VMError):
+    """The guest's command agent died while it ran a command (an OOM kill, ``kill -9 -1``).
+    The agent restarts by itself: the VM can run the next command."""
+
+
+class TransferFailed(QemuError):
+    """A file could not be copied to or from the guest (a missing file, a full disk)."""
 
 
 class CommandFailed(QemuError):

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine for pytest-qemu: QEMU, the guest kernel and
-# busybox from apt, then a virtualenv in .venv with the package and its test tools.
+# Sets up a fresh Debian 12 machine for pytest-qemu: QEMU, the guest kernel,
+# busybox and a C compiler (for the guest agent) from apt, then a virtualenv in .venv with the package and its test tools.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static python3-venv)
+packages=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static python3-venv gcc libc6-dev)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||

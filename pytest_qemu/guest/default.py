@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_qemu.guest.agent_build import build_agent
 from pytest_qemu.guest.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.guest.initramfs import (
     GUEST_SCRIPTS,
@@ -93,17 +94,19 @@ class DefaultGuest:
                 return self._initramfs_paths[wanted]
         resolved = [] if wanted is None else self._module_index().resolve([*BASE_MODULES, *wanted])
         busybox = find_busybox()
+        agent = build_agent(self._cache)
         key = cache_key(
             [
                 _FORMAT_VERSION,
                 file_fingerprint(busybox),
+                file_fingerprint(agent),
                 *(guest_script(name) for name in GUEST_SCRIPTS),
                 *(f"{module.name}={file_fingerprint(module.path)}" for module in resolved),
             ]
         )
 
         def build(out: BinaryIO) -> None:
-            write_initramfs(out, busybox, busybox_applets(busybox), resolved)
+            write_initramfs(out, busybox, busybox_applets(busybox), resolved, agent)
 
         path = self._cache.get("initramfs", key, ".cpio", build)
         with self._lock:

@@ -16,8 +16,9 @@ from pytest_qemu.guest.modules import KernelModule
 GUEST_SCRIPTS = {
     "init": "init",
     "setup": "etc/pytest-qemu/setup",
-    "agent": "etc/pytest-qemu/agent",
 }
+#: Where the compiled command agent goes in the guest.
+AGENT_GUEST_PATH = "etc/pytest-qemu/agent"
 
 _BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
@@ -54,8 +55,9 @@ def write_initramfs(
     busybox: Path,
     applets: Sequence[str],
     modules: Sequence[KernelModule],
+    agent: Path,
 ) -> None:
-    """Write a newc initramfs: busybox with its applet links, our scripts, *modules*.
+    """Write a newc initramfs: busybox with its applet links, our scripts and *agent*, *modules*.
 
     *modules* must be in load order; the init loads them in that order.
     """
@@ -87,6 +89,7 @@ def write_initramfs(
                 archive.add_symlink(applet, "/bin/busybox")
         for name, guest_path in GUEST_SCRIPTS.items():
             archive.add_file(guest_path, guest_script(name), mode=0o755)
+        archive.add_file(AGENT_GUEST_PATH, agent.read_bytes(), mode=0o755)
         for module in modules:
             archive.add_file(f"lib/modules/{module.name}.ko", module.load_bytes())
         order = "".join(f"{module.name}\n" for module in modules)

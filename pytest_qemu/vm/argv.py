@@ -12,7 +12,6 @@ from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
 from pytest_qemu.devices.misc import Disk
 from pytest_qemu.devices.options import option_string
 from pytest_qemu.errors import ConfigurationError
-from pytest_qemu.vm.agent import AGENT_PORT_NAME
 
 ACCELERATORS = ("tcg", "kvm")
 
@@ -59,7 +58,6 @@ class RuntimePaths:
 
     qmp_socket: Path
     console_socket: Path
-    agent_socket: Path
     console_log: Path
 
     @classmethod
@@ -67,7 +65,6 @@ class RuntimePaths:
         return cls(
             qmp_socket=socket_dir / "qmp.sock",
             console_socket=socket_dir / "console.sock",
-            agent_socket=socket_dir / "agent.sock",
             console_log=log_dir / "console.log",
         )
 
@@ -116,10 +113,13 @@ def build_command_line(
     spec: MachineSpec,
     paths: RuntimePaths,
     *,
+    channel_args: Sequence[str] = (),
     setup_on_kernel_command_line: bool = True,
     incoming: Path | None = None,
 ) -> BuiltCommandLine:
-    """The QEMU argv for *spec*, with QMP, console and agent on UNIX sockets at *paths*.
+    """The QEMU argv for *spec*, with QMP and console on UNIX sockets at *paths*.
+
+    *channel_args* are the command channel's own arguments (its transport).
 
     With ``setup_on_kernel_command_line=False`` the guest is booted without its
     per-VM settings (mounts, addresses), which the host then applies through
@@ -175,10 +175,8 @@ def build_command_line(
             "console", paths.console_socket, logfile=str(paths.console_log), logappend=True
         ),
         "-serial", "chardev:console",
-        "-device", "virtio-serial-pci,id=agent-serial",
-        "-chardev", server_socket("agent", paths.agent_socket),
-        "-device", f"virtserialport,bus=agent-serial.0,chardev=agent,name={AGENT_PORT_NAME}",
     ]  # fmt: skip
+    argv += channel_args
     argv += device_args
     argv += list(spec.extra_args)
     if incoming is not None:

@@ -1,4 +1,4 @@
-"""A running virtual machine: a QEMU process, its QMP monitor, console and command agent."""
+"""A running virtual machine: a QEMU process, its QMP monitor, console and command channel."""
 
 from __future__ import annotations
 
@@ -7,31 +7,48 @@ import contextlib
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPError
 
+from pytest_qemu.channels.agent import AgentChannel
+from pytest_qemu.channels.base import (
+    AgentGone,
+    ChannelClosed,
+    ChannelError,
+    CommandChannel,
+    CommandRequest,
+    CommandResult,
+    CommandTimedOut,
+    NoReply,
+    RequestRefused,
+)
 from pytest_qemu.errors import (
+    AgentDied,
     BootTimeout,
     CommandFailed,
     CommandTimeout,
+    ConfigurationError,
+    GuestUnresponsive,
     SetupError,
+    TransferFailed,
     VMError,
     VMExited,
     concise_traceback,
 )
-from pytest_qemu.vm.agent import AgentChannel, AgentUnavailable
+from pytest_qemu.sockets import connect_unix
 from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
 from pytest_qemu.vm.console import Console
+from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.process import spawn
 from pytest_qemu.vm.qmp import QMPConnection
 from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
@@ -40,6 +57,8 @@ _SOCKET_WAIT = 10.0
 #: A restore answers in well under a second; past this, boot instead.
 _RESTORE_TIMEOUT = 30.0
 _SAVE_TIMEOUT = 60.0
+#: QMP run states of a restore still under way; any other but "running" means it failed.
+_RESTORING_STATES = ("inmigrate", "prelaunch", "restore-vm", "finish-migrate")
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
 
@@ -49,6 +68,10 @@ class SnapshotWarning(UserWarning):
 
 class GuestSetupError(VMError):
     """The guest could not apply the VM's settings (a mount or an address failed)."""
+
+
+class _RestoreFailed(Exception):
+    """A restore did not work; the VM boots instead (never seen by users)."""
 
 
 _SOCKET_DIR_PREFIX = "pytest-qemu-vm-"
@@ -71,26 +94,12 @@ def _which(qemu: str) -> Path:
     return Path(shutil.which(qemu) or qemu)
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    """What a guest command returned. ``stdout``/``stderr`` are text; the bytes are kept too."""
+@dataclass
+class _Launch:
+    """One QEMU process of this VM (a VM whose restore failed launches a second one)."""
 
-    command: str
-    returncode: int
-    stdout_bytes: bytes
-    stderr_bytes: bytes
-
-    @property
-    def stdout(self) -> str:
-        return self.stdout_bytes.decode("utf-8", errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_bytes.decode("utf-8", errors="replace")
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
+    process: subprocess.Popen[bytes]
+    qmp: QMPConnection
 
 
 class VM:
@@ -102,7 +111,7 @@ class VM:
 
     With a :class:`SnapshotStore`, the VM is restored from a saved boot of a
     VM with the same hardware when there is one (and saves one when there is
-    not), then given its own settings through the agent.
+    not), then given its own settings through its command channel.
     """
 
     def __init__(
@@ -120,14 +129,24 @@ class VM:
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
+        self._channel: CommandChannel = AgentChannel(self._socket_dir)
         self._snapshot: Snapshot | None = None
         try:
-            built = build_command_line(spec, self._paths, setup_on_kernel_command_line=False)
+            built = build_command_line(
+                spec,
+                self._paths,
+                channel_args=self._channel.qemu_args(),
+                setup_on_kernel_command_line=snapshots is None,
+            )
             if snapshots is not None and built.device_layout is not None:
                 key = snapshot_key(spec, _which(spec.qemu), built.kernel_args, built.device_layout)
                 self._snapshot = snapshots.get(key)
-            else:
-                built = build_command_line(spec, self._paths, setup_on_kernel_command_line=True)
+            elif snapshots is not None:
+                # A device that cannot be snapshotted: boot with the settings on the kernel
+                # command line, as without snapshots.
+                built = build_command_line(
+                    spec, self._paths, channel_args=self._channel.qemu_args()
+                )
         except BaseException:
             # No VM will exist to free these at teardown.
             for device in spec.devices:
@@ -139,12 +158,12 @@ class VM:
         self._setup_args = built.setup_args
         self.stderr_log = self.log_dir / "qemu-stderr.log"
         self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._qmp: QMPConnection | None = None
-        self._agent = AgentChannel(self._paths.agent_socket)
+        self._launched: _Launch | None = None
         self._lifecycle_lock = threading.Lock()
+        self._command_lock = threading.Lock()
         self._started = False
         self._stopped = False
+        #: Seconds from :meth:`start` until the VM was ready for commands.
         self.boot_seconds: float | None = None
         self._boot_setup_status = "-"
         #: The snapshot this VM was restored from, or None if it booted.
@@ -154,7 +173,7 @@ class VM:
 
     @concise_traceback
     def start(self) -> VM:
-        """Start QEMU and wait until the guest's command agent answers."""
+        """Start QEMU and wait until the guest's command channel answers."""
         if self._started:
             raise VMError("this VM was already started; create a new VM to start another")
         self._started = True
@@ -189,27 +208,41 @@ class VM:
             self._personalise()
 
     def _boot(self, started: float) -> None:
-        """Launch QEMU on :attr:`argv` and wait for the agent, within the boot timeout."""
+        """Launch QEMU on :attr:`argv` and wait for the channel, within the boot timeout."""
         self._launch(self.argv, console_prefix=None)
-        self._wait_until_ready(started + self.boot_timeout)
+        self._wait_until_ready(started + self.boot_timeout, resumed=False)
 
     def _restore(self, snapshot: Snapshot) -> bool:
-        """Restore *snapshot* and personalise it; on failure warn, clean up and return False."""
+        """Restore *snapshot* and personalise it; on failure warn, clean up and return False.
+
+        A failure caused by the user's set-up (a disk another VM holds) is
+        raised instead: booting would fail the same way, and the snapshot is fine.
+        """
         argv = build_command_line(
-            self.spec, self._paths, setup_on_kernel_command_line=False, incoming=snapshot.state
+            self.spec,
+            self._paths,
+            channel_args=self._channel.qemu_args(),
+            setup_on_kernel_command_line=False,
+            incoming=snapshot.state,
         ).argv
         try:
             self._launch(argv, console_prefix=snapshot.console)
             deadline = time.monotonic() + min(self.boot_timeout, _RESTORE_TIMEOUT)
-            self._wait_until_ready(deadline, after_incoming=True)
-        except (VMError, OSError) as error:
-            details = self._stderr_tail()
+            self._wait_until_restored(deadline)
+            self._wait_until_ready(deadline, resumed=True)
+        except (_RestoreFailed, VMError, OSError) as error:
+            stderr = self._stderr_tail()
             self._stop_process()
+            if (explanation := user_error(stderr)) is not None:
+                raise VMExited(
+                    self.failure_report(f"QEMU refused to start: {explanation}", argv)
+                ) from None
             snapshot.discard()
             warnings.warn(
                 SnapshotWarning(
-                    f"restoring snapshot {snapshot.state} failed, booting instead: {error}"
-                    + (f"\nQEMU stderr:\n{details}" if details else "")
+                    f"restoring snapshot {snapshot.state} failed, booting instead: "
+                    f"{str(error).splitlines()[0]}"
+                    + (f"\nQEMU stderr:\n{stderr}" if stderr else "")
                 ),
                 stacklevel=4,
             )
@@ -220,48 +253,77 @@ class VM:
         self._personalise()
         return True
 
+    def _wait_until_restored(self, deadline: float) -> None:
+        """Wait for QMP to report the restored guest running; fail at once if it cannot."""
+        launched = self._launched
+        assert launched is not None
+        while True:
+            try:
+                status = launched.qmp.execute("query-status", None, 10)["status"]
+            except (QMPError, OSError, TimeoutError) as error:
+                raise _RestoreFailed(
+                    f"QEMU stopped answering during the restore ({error})"
+                ) from None
+            if status == "running":
+                return
+            if status not in _RESTORING_STATES:
+                raise _RestoreFailed(f"the restored VM is {status!r}, not running")
+            if time.monotonic() > deadline or launched.process.poll() is not None:
+                raise _RestoreFailed(f"the snapshot was not restored in time (state {status!r})")
+            time.sleep(0.005)
+
     def _launch(self, argv: list[str], console_prefix: Path | None) -> None:
         with self._paths.console_log.open("wb") as console:
             if console_prefix is not None:
                 with contextlib.suppress(OSError):
                     console.write(console_prefix.read_bytes())
                 console.write(b"\n[pytest-qemu: restored from a snapshot]\n")
+        # QEMU puts the throwaway overlays of disks (snapshot=on) in TMPDIR: keep them
+        # with the VM's sockets, removed at teardown.
+        environment = {**os.environ, "TMPDIR": str(self._socket_dir)}
         with self.stderr_log.open("wb") as stderr:
             try:
-                self._process = spawn(argv, stderr=stderr)
+                process = spawn(argv, stderr=stderr, env=environment)
             except FileNotFoundError:
                 raise SetupError(
                     f"QEMU binary {argv[0]!r} was not found: install it with "
                     "`apt-get install qemu-system-x86` or pass --qemu-binary"
                 ) from None
-        self._qmp = QMPConnection(str(self._paths.qmp_socket), f"vm-{self.pid}")
-        self._agent = AgentChannel(self._paths.agent_socket)
-
-    def _wait_until_ready(self, deadline: float, after_incoming: bool = False) -> None:
-        """Connect QMP and the agent, and wait for the agent's answer; a clear error if not.
-
-        *after_incoming*: wait for the restored guest to run before the first
-        ping, which would otherwise be lost and answered only at the next one.
-        """
-        qmp = self._qmp
-        assert qmp is not None
+        qmp = QMPConnection(f"vm-{process.pid}")
+        if self._channel.serial_port_id is not None:
+            qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
+        self._launched = _Launch(process, qmp)
         try:
-            self._connect(lambda: qmp.connect(timeout=_SOCKET_WAIT))
-            while after_incoming and qmp.execute("query-status", None, 10)["status"] != "running":
-                if time.monotonic() > deadline:
-                    raise AgentUnavailable("the snapshot was not restored in time")
-                time.sleep(0.01)
-            self._connect(self._agent.connect)
-        except (OSError, TimeoutError, VMError, QMPError) as error:
-            headline = f"cannot connect to QEMU's sockets in {self._socket_dir} ({error})"
-            if self._has_exited():
-                headline = f"QEMU exited while the VM was starting ({error})"
-            raise VMExited(self.failure_report(headline)) from None
-        try:
-            self._boot_setup_status = self._agent.wait_ready(
-                max(deadline - time.monotonic(), 0.1), self.is_running
+            connection = connect_unix(
+                self._paths.qmp_socket, time.monotonic() + _SOCKET_WAIT, self.is_running
             )
-        except AgentUnavailable as error:
+            qmp.connect(connection, _SOCKET_WAIT)
+        except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
+
+            raise self._start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
+
+    def _on_serial_port_event(self, name: str, data: dict[str, Any]) -> None:
+        if data.get("id") == self._channel.serial_port_id:
+            self._channel.guest_port_changed(bool(data.get("open")))
+
+    def _wait_until_ready(self, deadline: float, resumed: bool) -> None:
+        """Connect QMP and the channel and wait for the guest; a clear error if it fails.
+
+        *resumed*: the guest was restored (it will not announce itself).
+        """
+        try:
+            self._channel.connect(time.monotonic() + _SOCKET_WAIT, self.is_running)
+        except OSError as error:
+            raise self._start_failure(
+                f"cannot connect to the command channel's socket ({error})"
+            ) from None
+        try:
+            self._boot_setup_status = self._channel.wait_ready(deadline, resumed=resumed)
+        except ChannelClosed as error:
+            raise VMExited(
+                self.failure_report(f"QEMU exited while the VM was starting ({error})")
+            ) from None
+        except ChannelError as error:
             if self._has_exited():
                 raise VMExited(
                     self.failure_report(f"QEMU exited while the VM was starting ({error})")
@@ -273,46 +335,43 @@ class VM:
                 )
             ) from None
 
-    def _connect(self, connect: Callable[[], None]) -> None:
-        """Call *connect* until QEMU accepts: its socket file appears before it listens."""
-        deadline = time.monotonic() + _SOCKET_WAIT
-        while True:
-            try:
-                connect()
-                return
-            except (OSError, QMPError):
-                if not self.is_running() or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.005)
+    def _start_failure(self, headline: str) -> VMExited:
+        if self._has_exited():
+            headline = f"QEMU exited while the VM was starting: {headline}"
+        return VMExited(self.failure_report(headline))
 
     def _save(self, snapshot: Snapshot) -> None:
         """Save this just-booted VM as *snapshot*, then let it run on."""
-        assert self._qmp is not None
+        assert self._launched is not None
+        qmp = self._launched.qmp
         partial = snapshot.partial_path()
         status = "not started"
         try:
-            self._qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
+            qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
             deadline = time.monotonic() + _SAVE_TIMEOUT
-            while (status := self._qmp.execute("query-migrate", None, 30).get("status")) not in (
+            while (status := qmp.execute("query-migrate", None, 30).get("status")) not in (
                 "completed",
                 "failed",
                 "cancelled",
             ):
                 if time.monotonic() > deadline:
-                    self._qmp.execute("migrate_cancel", None, 30)
+                    qmp.execute("migrate_cancel", None, 30)
                     status = "timed out"
                     break
                 time.sleep(0.02)
+            # After a migration the source VM is paused; this VM carries on as the test's VM.
+            qmp.execute("cont", None, 30)
+            if status == "completed":
+                snapshot.publish(partial, self.console_log)
         except QMPError as error:
             # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
             status = str(error)
+            with contextlib.suppress(QMPError):
+                qmp.execute("cont", None, 30)
         finally:
-            # After a migration the source VM is paused; this VM carries on as the test's VM.
-            self._qmp.execute("cont", None, 30)
-        if status == "completed":
-            snapshot.publish(partial, self.console_log)
-        else:
+            # Also on Ctrl-C: a half-written state must not stay in the cache.
             partial.unlink(missing_ok=True)
+        if status != "completed":
             warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
 
     def _personalise(self) -> None:
@@ -341,10 +400,10 @@ class VM:
 
     def _has_exited(self) -> bool:
         """Whether QEMU has exited, allowing a moment for an exit already under way."""
-        if self._process is None:
+        if self._launched is None:
             return False
         try:
-            self._process.wait(1.0)
+            self._launched.process.wait(1.0)
         except subprocess.TimeoutExpired:
             return False
         return True
@@ -352,18 +411,20 @@ class VM:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM gracefully (guest ``sync``, QMP ``quit``); kill it if that fails."""
         if self.is_running():
+            assert self._launched is not None
+            if self._command_lock.acquire(timeout=min(timeout, 5.0)):
+                try:
+                    self._channel.run(CommandRequest("sync", timeout=min(timeout, 5.0)))
+                except (ChannelError, OSError):
+                    pass
+                finally:
+                    self._command_lock.release()
             try:
-                self._agent.run("sync", b"", min(timeout, 5.0), self.is_running)
-            except (AgentUnavailable, ValueError):
-                pass
-            try:
-                if self._qmp is not None:
-                    self._qmp.execute("quit", None, timeout=min(timeout, 5.0))
+                self._launched.qmp.execute("quit", None, timeout=min(timeout, 5.0))
             except Exception:
                 pass
-            assert self._process is not None
             try:
-                self._process.wait(timeout)
+                self._launched.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
         self.kill()
@@ -375,6 +436,7 @@ class VM:
                 return
             self._stopped = True
         self._stop_process()
+        self._channel.close()
         self.console.close()
         for device in self.spec.devices:
             device.release()
@@ -382,13 +444,15 @@ class VM:
         _live_vms.discard(self)
 
     def _stop_process(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._agent.close()
-        if self._qmp is not None:
-            self._qmp.close()
-        for path in (self._paths.qmp_socket, self._paths.console_socket, self._paths.agent_socket):
+        launched = self._launched
+        if launched is not None:
+            if launched.process.poll() is None:
+                launched.process.kill()
+                launched.process.wait()
+            launched.qmp.close()
+        self._channel.close()
+        self._channel = AgentChannel(self._socket_dir)
+        for path in self._socket_dir.glob("*.sock"):
             path.unlink(missing_ok=True)
 
     def _cleanup_files(self) -> None:
@@ -397,7 +461,7 @@ class VM:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> VM:
-        if self._process is None:
+        if not self._started:
             self.start()
         return self
 
@@ -408,14 +472,17 @@ class VM:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """QEMU's process id, once started."""
+        return self._launched.process.pid if self._launched is not None else None
 
     @property
     def returncode(self) -> int | None:
-        return self._process.poll() if self._process is not None else None
+        """QEMU's exit status once it has exited, else None."""
+        return self._launched.process.poll() if self._launched is not None else None
 
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        """Whether the QEMU process is alive."""
+        return self._launched is not None and self._launched.process.poll() is None
 
     @property
     def console_log(self) -> Path:
@@ -424,61 +491,187 @@ class VM:
 
     @property
     def qmp_socket(self) -> Path:
+        """QEMU's QMP socket (already in use by this VM; see :meth:`qmp`)."""
         return self._paths.qmp_socket
 
     # -- guest commands -----------------------------------------------------------------------
 
     @concise_traceback
     def run(
-        self, command: str, timeout: float | None = 60.0, input: bytes | str = b""
+        self,
+        command: str,
+        timeout: float | None = 60.0,
+        input: bytes | str = b"",
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
     ) -> CommandResult:
-        """Run *command* with ``sh`` in the guest and return its status and output.
+        """Run *command* with ``sh -c`` in the guest and return its status and output.
 
-        The command runs in ``/root`` with *input* as its standard input. If it
-        runs longer than *timeout* seconds the guest kills it and
-        :class:`CommandTimeout` is raised; the VM stays usable. If the guest
-        does not answer at all, the VM is killed and the error says so.
+        The command runs in *cwd* (default ``/root``) with *input* as its
+        standard input and *env* added to the guest's environment, in a session
+        and process group of its own. Past *timeout* seconds (``None``: no
+        limit) the guest kills it and everything it started, and
+        :class:`CommandTimeout` is raised; the VM stays usable. If the guest's
+        agent dies meanwhile, :class:`AgentDied` is raised within a second; if
+        the guest stops answering altogether the VM is killed and
+        :class:`GuestUnresponsive` is raised. Output of any size is kept (see
+        :class:`CommandResult`).
         """
-        self._require_running(f"run {command!r}")
-        stdin = input.encode() if isinstance(input, str) else input
-        started = time.monotonic()
+        _check_command_arguments(command, timeout, env, cwd)
+        request = CommandRequest(
+            command,
+            stdin=input.encode() if isinstance(input, str) else bytes(input),
+            timeout=timeout,
+            env=dict(env or {}),
+            cwd=cwd or "",
+            spill_dir=self.log_dir,
+        )
         try:
-            status, stdout, stderr = self._agent.run(command, stdin, timeout, self.is_running)
-        except AgentUnavailable as error:
-            exited = self._has_exited()
-            self.kill()
-            what = "QEMU exited" if exited else "the guest stopped answering and the VM was killed"
-            error_type = VMExited if exited else CommandTimeout
-            raise error_type(
-                self.failure_report(f"{what} while running {command!r} ({error})")
-            ) from None
-        elapsed = time.monotonic() - started
-        result = CommandResult(command, status, stdout, stderr)
-        # The guest's `timeout -s KILL` makes the command exit with 128 + SIGKILL.
-        if timeout is not None and status == 137 and elapsed >= timeout:
-            raise CommandTimeout(
-                f"guest command {command!r} did not finish within {timeout:g} s and was killed "
-                "(the VM is still usable)\n"
-                f"--- stdout ---\n{result.stdout}--- stderr ---\n{result.stderr}"
+            result: CommandResult = self._call(
+                f"run {command!r}", lambda: self._channel.run(request), timeout
             )
-        return result
+            return result
+        except CommandTimedOut as timed_out:
+            result = timed_out.result
+            raise CommandTimeout(
+                f"guest command {command!r} did not finish within {timeout:g} s: the guest "
+                "killed it and every process it started (the VM is still usable)\n"
+                f"--- stdout ---\n{_excerpt(result.stdout)}"
+                f"--- stderr ---\n{_excerpt(result.stderr)}",
+                result,
+            ) from None
 
     @concise_traceback
-    def check(self, command: str, timeout: float | None = 60.0, input: bytes | str = b"") -> str:
+    def check(
+        self,
+        command: str,
+        timeout: float | None = 60.0,
+        input: bytes | str = b"",
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> str:
         """Run *command*; return its stdout, or raise :class:`CommandFailed` if it fails."""
-        result = self.run(command, timeout=timeout, input=input)
+        result = self.run(command, timeout=timeout, input=input, env=env, cwd=cwd)
         if result.returncode != 0:
-            raise CommandFailed(command, result.returncode, result.stdout, result.stderr)
+            raise CommandFailed(
+                command, result.returncode, _excerpt(result.stdout), _excerpt(result.stderr)
+            )
         return result.stdout
+
+    @concise_traceback
+    def put(
+        self,
+        host_path: str | os.PathLike[str],
+        guest_path: str,
+        mode: int | None = None,
+        timeout: float | None = 300.0,
+    ) -> None:
+        """Copy the host file *host_path* to *guest_path* in the guest, any size.
+
+        The file keeps its permission bits unless *mode* is given. The guest
+        file is written under a temporary name and renamed, so it is never
+        seen half-written.
+        """
+        source = Path(host_path)
+        if not source.is_file():
+            raise ConfigurationError(f"cannot copy {str(host_path)!r} to the guest: not a file")
+        _check_guest_path(guest_path)
+        bits = stat.S_IMODE(source.stat().st_mode) if mode is None else mode
+        self._transfer(
+            f"copy {source} to {guest_path} in the guest",
+            lambda: self._channel.put(source, guest_path, bits, timeout),
+            timeout,
+        )
+
+    @concise_traceback
+    def get(
+        self,
+        guest_path: str,
+        host_path: str | os.PathLike[str],
+        timeout: float | None = 300.0,
+    ) -> Path:
+        """Copy the guest file *guest_path* to *host_path*, keeping its permission bits.
+
+        Returns the host path. *host_path* may be an existing directory.
+        """
+        _check_guest_path(guest_path)
+        destination = Path(host_path)
+        if destination.is_dir():
+            destination = destination / Path(guest_path).name
+        if not destination.parent.is_dir():
+            raise ConfigurationError(
+                f"cannot copy {guest_path} from the guest to {str(host_path)!r}: "
+                f"{destination.parent} is not a directory"
+            )
+        self._transfer(
+            f"copy {guest_path} from the guest to {destination}",
+            lambda: self._channel.get(guest_path, destination, timeout),
+            timeout,
+        )
+        return destination
+
+    def _transfer(self, action: str, transfer: Any, timeout: float | None) -> None:
+        try:
+            self._call(action, transfer, timeout)
+        except RequestRefused as refused:
+            raise TransferFailed(f"cannot {action}: {refused}") from None
+
+    def _call(self, action: str, call: Any, timeout: float | None) -> Any:
+        """Run a channel request; turn channel errors into the errors users see.
+
+        :class:`RequestRefused` and :class:`CommandTimedOut` pass through for
+        the caller to word.
+        """
+        self._require_running(action)
+        with self._command_lock:
+            try:
+                return call()
+            except (CommandTimedOut, RequestRefused):
+                raise
+            except AgentGone as error:
+                raise AgentDied(
+                    self.failure_report(
+                        f"the guest's command agent died while trying to {action} ({error}); "
+                        "it restarts by itself, so the VM can run the next command. The console "
+                        "shows why (an out-of-memory kill, a signal)"
+                    )
+                ) from None
+            except ChannelClosed as error:
+                self._has_exited()
+                self.kill()
+                raise VMExited(
+                    self.failure_report(f"QEMU exited while trying to {action} ({error})")
+                ) from None
+            except NoReply:
+                self.kill()
+                limit = "" if timeout is None else f" within {timeout:g} s (plus a grace period)"
+                raise GuestUnresponsive(
+                    self.failure_report(
+                        f"the guest did not answer{limit} while trying to {action}: "
+                        "it is hung, and the VM was killed"
+                    )
+                ) from None
 
     # -- QMP ----------------------------------------------------------------------------------
 
     @concise_traceback
-    def qmp(self, command: str, timeout: float | None = 30.0, **arguments: Any) -> Any:
-        """Run a QMP command and return its result; ``qemu.qmp.ExecuteError`` if QEMU refuses."""
+    def qmp(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = 30.0,
+        **keyword_arguments: Any,
+    ) -> Any:
+        """Run a QMP command and return its result; ``qemu.qmp.ExecuteError`` if QEMU refuses.
+
+        Arguments go as keywords (``vm.qmp("qom-list", path="/machine")``), or
+        as a dict for names that clash with this method's own.
+        """
         self._require_running(f"send QMP {command!r}")
-        assert self._qmp is not None
-        return self._qmp.execute(command, arguments or None, timeout)
+        assert self._launched is not None
+        merged = {**(arguments or {}), **keyword_arguments}
+        return self._launched.qmp.execute(command, merged or None, timeout)
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -492,14 +685,16 @@ class VM:
         except OSError:
             return ""
 
-    def failure_report(self, headline: str) -> str:
+    def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
         """*headline* followed by what is needed to debug it: command line, stderr, console."""
         stderr = self._stderr_tail()
         status = self.returncode
+        if stderr and (explanation := user_error(stderr)) is not None:
+            headline += f"\nlikely cause: {explanation}"
         lines = [
             headline,
             f"QEMU exit status: {status}" if status is not None else "QEMU was running",
-            f"command line: {shlex.join(self.argv)}",
+            f"command line: {shlex.join(argv or self.argv)}",
             f"QEMU stderr ({self.stderr_log}):\n{stderr or '(empty)'}",
             f"last console lines ({self.console_log}):\n{self.console.tail(30) or '(empty)'}",
         ]
@@ -508,6 +703,52 @@ class VM:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
+
+
+_EXCERPT_LIMIT = 10_000
+
+
+def _excerpt(text: str) -> str:
+    """*text*, or its start and end if it is too long to put in an error message."""
+    if len(text) <= _EXCERPT_LIMIT:
+        return text
+    half = _EXCERPT_LIMIT // 2
+    return f"{text[:half]}\n[... {len(text) - _EXCERPT_LIMIT} characters ...]\n{text[-half:]}"
+
+
+def _check_command_arguments(command: object, timeout: object, env: object, cwd: object) -> None:
+    if not isinstance(command, str):
+        raise ConfigurationError(f"a guest command must be a string, not {command!r}")
+    if "\0" in command:
+        raise ConfigurationError(f"guest command {command!r} contains a NUL character")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigurationError(
+            f"timeout {timeout!r} is not valid: give a number of seconds above 0, or None"
+        )
+    if env is not None:
+        if not isinstance(env, dict):
+            raise ConfigurationError(f"env must be a dict of strings, not {env!r}")
+        for name, value in env.items():
+            if (
+                not isinstance(name, str)
+                or not isinstance(value, str)
+                or not name
+                or "=" in name
+                or "\0" in name + value
+            ):
+                raise ConfigurationError(
+                    f"environment variable {name!r}={value!r} is not valid: names and values "
+                    "are strings, names non-empty without '=', neither with a NUL character"
+                )
+    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
+        raise ConfigurationError(f"cwd {cwd!r} is not a valid guest directory")
+
+
+def _check_guest_path(path: object) -> None:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise ConfigurationError(f"guest path {path!r} is not valid: give an absolute path")
 
 
 def kill_all_vms() -> None:

@@ -6,7 +6,7 @@ import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
@@ -27,7 +27,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def spawn(argv: Sequence[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: Sequence[str], stderr: IO[bytes], env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start *argv* with no stdin and stdout, killed with SIGKILL if we die."""
     parent_pid = os.getpid()
 
@@ -37,6 +39,7 @@ def spawn(argv: Sequence[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            env=env,
             preexec_fn=lambda: _die_with_parent(parent_pid),
         )
 

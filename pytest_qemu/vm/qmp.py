@@ -8,13 +8,18 @@ works from any thread and never touches an event loop the test itself uses
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from qemu.qmp import QMPClient
+from qemu.qmp import EventListener, QMPClient
+from qemu.qmp.message import Message
 
 T = TypeVar("T")
+
+#: Called on the event loop's thread with each event's name and data.
+EventCallback = Callable[[str, dict[str, Any]], None]
 
 
 class _LoopThread:
@@ -37,15 +42,32 @@ class _LoopThread:
 _loop_thread = _LoopThread()
 
 
+class _CallbackListener(EventListener):
+    """Hands events to a plain callback instead of queueing them for an async reader."""
+
+    def __init__(self, names: list[str], callback: EventCallback) -> None:
+        super().__init__(names)
+        self._callback = callback
+
+    async def put(self, event: Message) -> None:
+        data = event.get("data")
+        self._callback(str(event["event"]), data if isinstance(data, dict) else {})
+
+
 class QMPConnection:
-    """One QMP session with a QEMU process over its UNIX socket."""
+    """One QMP session with a QEMU process over an already connected UNIX socket."""
 
-    def __init__(self, socket_path: str, name: str) -> None:
+    def __init__(self, name: str) -> None:
         self._client = QMPClient(name)
-        self._path = socket_path
 
-    def connect(self, timeout: float) -> None:
-        _loop_thread.run(self._client.connect(self._path), timeout)
+    def on_events(self, names: list[str], callback: EventCallback) -> None:
+        """Call *callback* for each event named in *names* (register before :meth:`connect`)."""
+        self._client.register_listener(_CallbackListener(names, callback))
+
+    def connect(self, connection: socket.socket, timeout: float) -> None:
+        """Start the session on *connection* (connected by the caller, with its own retries:
+        ``qemu.qmp`` logs each failed attempt of its own as an error)."""
+        _loop_thread.run(self._client.connect(connection), timeout)
 
     def execute(
         self, command: str, arguments: dict[str, object] | None, timeout: float | None
