@@ -12,13 +12,17 @@ from pytest_qemu.devices import (
     UserNetwork,
     VirtioRandom,
 )
+from pytest_qemu.channels import CommandOutput
 from pytest_qemu.errors import (
+    AgentDied,
     BootTimeout,
     CommandFailed,
     CommandTimeout,
     ConfigurationError,
+    GuestUnresponsive,
     QemuError,
     SetupError,
+    TransferFailed,
     VMError,
     VMExited,
 )
@@ -29,9 +33,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VM",
+    "AgentDied",
     "ArbitraryArgs",
     "BootTimeout",
     "CommandFailed",
+    "CommandOutput",
     "CommandResult",
     "CommandTimeout",
     "ConfigurationError",
@@ -41,6 +47,7 @@ __all__ = [
     "DeviceContext",
     "Disk",
     "GuestSetupError",
+    "GuestUnresponsive",
     "MachineSpec",
     "Network",
     "NetworkInterface",
@@ -49,6 +56,7 @@ __all__ = [
     "ReadOnlyDirectory",
     "SetupError",
     "SnapshotWarning",
+    "TransferFailed",
     "UserNetwork",
     "VMError",
     "VMExited",

@@ -378,9 +378,15 @@ class VM:
         """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
         script = f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom"
         if self.spec.devices:
-            # Disks were probed before the save: read them afresh. Then mount and address.
+            # Disks were probed before the save: drop what the guest cached of them and
+            # read their partition tables afresh. Then mount and address.
             setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
-            script += f"; echo 3 >/proc/sys/vm/drop_caches; /etc/pytest-qemu/setup {setup}"
+            script += (
+                "; echo 3 >/proc/sys/vm/drop_caches"
+                "; for disk in /sys/block/vd*; do [ -e \"$disk\" ] &&"
+                " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
+                f"; /etc/pytest-qemu/setup {setup}"
+            )
         result = self.run(script, timeout=60, input=os.urandom(64))
         if result.returncode != 0:
             raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))

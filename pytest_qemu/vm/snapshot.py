@@ -21,7 +21,7 @@ from filelock import FileLock
 from pytest_qemu.guest.cache import cache_key, file_fingerprint
 from pytest_qemu.vm.argv import MachineSpec
 
-_FORMAT_VERSION = "1"
+_FORMAT_VERSION = "2"
 
 
 def snapshot_key(
@@ -53,13 +53,26 @@ class Snapshot:
     lock_path: Path
 
     def exists(self) -> bool:
-        return self.state.is_file()
+        """Whether a usable state is saved; an empty one (a crashed writer) is discarded."""
+        try:
+            size = self.state.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size == 0:
+            self.discard()
+            return False
+        return True
 
     @contextlib.contextmanager
     def building(self) -> Iterator[None]:
         """Held by the one process that builds this snapshot; the others wait for it."""
-        with FileLock(str(self.lock_path)):
+        lock = FileLock(str(self.lock_path))
+        with lock:
             yield
+            if self.state.is_file():
+                # Built: later VMs find the state and never take the lock, and processes
+                # waiting on this file's lock still get it. Unlinked so locks do not pile up.
+                self.lock_path.unlink(missing_ok=True)
 
     def partial_path(self) -> Path:
         return self.state.with_name(f".{self.state.name}.{os.getpid()}.partial")
@@ -113,3 +126,8 @@ class SnapshotStore:
         for stale in states[self.keep :]:
             # A VM restoring from it has the file open already; unlinking is safe.
             Snapshot(stale, stale.with_suffix(".console"), stale.with_suffix(".lock")).discard()
+        # Half-written states of processes that were killed mid-save (named .KEY.PID.partial).
+        for partial in self.root.glob(".*.partial"):
+            owner = partial.name.rsplit(".", 2)[-2]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                partial.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, MachineSpec, Network, P9Directory, VirtioRandom
+from pytest_qemu import VM, Disk, MachineSpec, Network, P9Directory, VirtioRandom
 from pytest_qemu.devices.base import Device
 from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
 from pytest_qemu.plugin.session import accelerator_choice, default_guest
@@ -98,3 +98,43 @@ def test_a_broken_snapshot_falls_back_to_booting(start_vm: StartVM) -> None:
     assert second.restored_from is None
     assert second.check("echo ok") == "ok\n"
     assert snapshot.exists(), "the VM that booted saves a good snapshot again"
+
+
+def test_an_empty_snapshot_is_discarded_and_rebuilt_once(
+    start_vm: StartVM, tmp_path: Path
+) -> None:
+    first = start_vm([VirtioRandom()])
+    snapshot = first._snapshot
+    assert snapshot is not None and snapshot.exists()
+    # What a writer killed before its first byte leaves behind.
+    snapshot.state.write_bytes(b"")
+    rebuilt = start_vm([VirtioRandom()])
+    assert rebuilt.restored_from is None
+    assert snapshot.state.stat().st_size > 0, "the empty snapshot was not rebuilt"
+    restored = start_vm([VirtioRandom()])
+    assert restored.restored_from == snapshot.state
+    leftovers = [path.name for path in (tmp_path / "snapshots").iterdir()]
+    assert not [name for name in leftovers if name.endswith((".lock", ".partial"))], leftovers
+
+
+def test_a_restored_vm_sees_its_own_disks_partitions(start_vm: StartVM, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(b"\0" * (4 << 20))
+    partitioned = tmp_path / "partitioned.img"
+    partitioned.write_bytes(_with_one_partition(4 << 20))
+    first = start_vm([Disk(plain, serial="data")])
+    assert first.run("ls /dev/vda1").returncode != 0
+    second = start_vm([Disk(partitioned, serial="data")])
+    assert second.restored_from is not None
+    assert second.check("ls /dev/vda1") == "/dev/vda1\n"
+
+
+def _with_one_partition(size: int) -> bytes:
+    """A disk image with an MBR holding one Linux partition from sector 2048 to the end."""
+    sectors = size // 512
+    entry = bytes([0x00, 0, 0, 0, 0x83, 0, 0, 0])
+    entry += (2048).to_bytes(4, "little") + (sectors - 2048).to_bytes(4, "little")
+    mbr = bytearray(512)
+    mbr[446 : 446 + 16] = entry
+    mbr[510:512] = b"\x55\xaa"
+    return bytes(mbr) + b"\0" * (size - 512)

@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
 #define PORT_NAME "org.pytest-qemu.agent"
 #define SETUP_STATUS "/run/pytest-qemu/setup.status"
 #define MAGIC 0x67415150u /* "PQAg" little-endian */
@@ -279,15 +281,30 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         send_error(id, "%scannot create pipes: %s", "");
         return;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        send_error(id, "%scannot fork: %s", "");
-        close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
-        return;
+    /* The environment is built here: a vfork child must not touch the agent's memory. */
+    size_t count = 0;
+    for (char **variable = environ; *variable; variable++) count++;
+    for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1) count++;
+    char **envp = malloc(sizeof(char *) * (count + 1));
+    if (!envp) die("malloc");
+    size_t n_env = 0;
+    for (char **variable = environ; *variable; variable++) {
+        int overridden = 0;
+        size_t name_len = strcspn(*variable, "=");
+        for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1)
+            if (strncmp(v, *variable, name_len + 1) == 0) overridden = 1;
+        if (!overridden) envp[n_env++] = *variable;
     }
+    for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1)
+        envp[n_env++] = (char *)v;
+    envp[n_env] = NULL;
+    char *const argv[] = {"sh", "-c", (char *)command, NULL};
+    sigset_t none;
+    sigemptyset(&none);
+    /* vfork: under emulation, copying the agent's page tables for fork costs more than
+       the command it starts. */
+    pid_t pid = vfork();
     if (pid == 0) {
-        sigset_t none;
-        sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         signal(SIGPIPE, SIG_DFL);
         /* Its own session and process group: a timeout kills everything it started. */
@@ -299,12 +316,15 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
             dprintf(2, "pytest-qemu: cannot change to directory %s: %s\n", cwd, strerror(errno));
             _exit(126);
         }
-        for (const char *variable = command + strlen(command) + 1; variable < end;
-             variable += strlen(variable) + 1)
-            putenv((char *)variable);
-        execl("/bin/sh", "sh", "-c", command, (char *)NULL);
+        execve("/bin/sh", argv, envp);
         dprintf(2, "pytest-qemu: cannot run /bin/sh: %s\n", strerror(errno));
         _exit(127);
+    }
+    free(envp);
+    if (pid < 0) {
+        send_error(id, "%scannot start a process: %s", "");
+        close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
+        return;
     }
     close(in[0]);
     close(out[1]);

@@ -1,0 +1,154 @@
+"""The command channel under faults and load: agent death, timeouts, big output, files."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu import (
+    VM,
+    AgentDied,
+    BootTimeout,
+    CommandTimeout,
+    ConfigurationError,
+    TransferFailed,
+)
+from pytest_qemu.guest.cpio import CpioWriter
+from pytest_qemu.plugin.factory import VMFactory
+
+pytestmark = pytest.mark.vm
+
+
+def test_killing_every_process_fails_the_command_at_once_and_the_vm_goes_on(
+    qemu_vm: VM,
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(AgentDied, match="agent died"):
+        qemu_vm.run("kill -9 -1; sleep 100", timeout=None)
+    assert time.monotonic() - started < 5
+    # The agent restarts and nothing holds its port: the next command just works.
+    assert qemu_vm.check("echo back") == "back\n"
+    assert "Device or resource busy" not in qemu_vm.console.text()
+
+
+def test_a_timeout_kills_the_whole_process_group(qemu_vm: VM) -> None:
+    with pytest.raises(CommandTimeout, match="still usable") as timeout:
+        qemu_vm.run("sleep 100 & echo $! > /tmp/child; echo started; sleep 100", timeout=1)
+    assert timeout.value.result.stdout == "started\n"
+    child = qemu_vm.check("cat /tmp/child").strip()
+    assert qemu_vm.run(f"kill -0 {child}").returncode != 0, "the backgrounded child survived"
+
+
+def test_background_processes_never_block_or_leak(qemu_vm: VM) -> None:
+    # The background writer outlives its command: the command returns, and its later
+    # output goes nowhere rather than into the next command's.
+    assert qemu_vm.check("(sleep 1; echo late; echo late >&2) & echo now") == "now\n"
+    result = qemu_vm.run("sleep 2; echo next")
+    assert (result.stdout, result.stderr) == ("next\n", "")
+
+
+def test_env_cwd_and_input(qemu_vm: VM) -> None:
+    result = qemu_vm.run(
+        'pwd; echo "$GREETING"; cat', env={"GREETING": "a b'c"}, cwd="/tmp", input="piped\n"
+    )
+    assert result.stdout == "/tmp\na b'c\npiped\n"
+    assert qemu_vm.check("pwd") == "/root\n"
+    missing = qemu_vm.run("true", cwd="/no/such/dir")
+    assert missing.returncode == 126 and "/no/such/dir" in missing.stderr
+    with pytest.raises(ConfigurationError, match="BAD=NAME"):
+        qemu_vm.run("true", env={"BAD=NAME": "x"})
+
+
+def test_a_signal_is_a_negative_status(qemu_vm: VM) -> None:
+    assert qemu_vm.run("kill -9 $$").returncode == -9
+
+
+def test_100_mb_of_output_arrive_intact(qemu_vm: VM) -> None:
+    # 1 MB of known text in the guest, printed 100 times.
+    qemu_vm.check("seq 1 148000 > /tmp/pattern")
+    pattern = "".join(f"{number}\n" for number in range(1, 148001)).encode()
+    result = qemu_vm.run("for i in $(seq 100); do cat /tmp/pattern; done", timeout=300)
+    assert result.stdout_output.size == 100 * len(pattern)
+    assert result.stdout_output.spilled, "output past the memory limit must go to a file"
+    expected = hashlib.sha256(pattern * 100).hexdigest()
+    digest = hashlib.sha256()
+    with result.open_stdout() as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    assert digest.hexdigest() == expected
+
+
+def test_input_of_any_bytes(qemu_vm: VM) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    result = qemu_vm.run("cat", input=payload)
+    assert result.stdout_bytes == payload
+
+
+def test_put_and_get_keep_bytes_and_mode(qemu_vm: VM, tmp_path: Path) -> None:
+    source = tmp_path / "tool.sh"
+    source.write_bytes(b"#!/bin/sh\necho from-a-put-script\n" + os.urandom(2_000_000))
+    source.chmod(0o751)
+    qemu_vm.put(source, "/root/tool.sh")
+    assert qemu_vm.check("stat -c %a /root/tool.sh") == "751\n"
+    assert qemu_vm.run("/root/tool.sh").stdout.startswith("from-a-put-script")
+    back = qemu_vm.get("/root/tool.sh", tmp_path / "back.sh")
+    assert back.read_bytes() == source.read_bytes()
+    assert back.stat().st_mode & 0o777 == 0o751
+    qemu_vm.check("printf made-in-guest > /tmp/out.txt; chmod 600 /tmp/out.txt")
+    into_directory = qemu_vm.get("/tmp/out.txt", tmp_path)
+    assert into_directory == tmp_path / "out.txt"
+    assert into_directory.read_text() == "made-in-guest"
+
+
+def test_transfer_errors_name_the_path(qemu_vm: VM, tmp_path: Path) -> None:
+    with pytest.raises(TransferFailed, match="/no/such/file"):
+        qemu_vm.get("/no/such/file", tmp_path)
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(TransferFailed, match="/no/such/dir/x"):
+        qemu_vm.put(tmp_path / "x", "/no/such/dir/x")
+    with pytest.raises(ConfigurationError, match="not a file"):
+        qemu_vm.put(tmp_path / "missing", "/tmp/x")
+    assert not list(tmp_path.glob(".*partial")), "a failed get leaves no partial file"
+
+
+def _slow_initramfs(tmp_path: Path, qemu_vm_factory: VMFactory, delay: int) -> Path:
+    """The default initramfs with an init that sleeps *delay* seconds before the real one."""
+    default = qemu_vm_factory.guest.initramfs([])
+    overlay = io.BytesIO()
+    with CpioWriter(overlay) as archive:
+        archive.add_file(
+            "sbin/slow-init", f"#!/bin/sh\nsleep {delay}\nexec /init\n".encode(), 0o755
+        )
+    combined = tmp_path / "slow.cpio"
+    combined.write_bytes(default.read_bytes() + overlay.getvalue())
+    return combined
+
+
+def test_a_slow_guest_boots_within_a_long_boot_timeout(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    initramfs = _slow_initramfs(tmp_path, qemu_vm_factory, 25)
+    vm = qemu_vm_factory(
+        initramfs=initramfs, kernel_args=["rdinit=/sbin/slow-init"], boot_timeout=60,
+        snapshot=False,
+    )  # fmt: skip
+    assert (vm.boot_seconds or 0) >= 25
+    assert vm.check("echo up") == "up\n"
+
+
+def test_the_boot_timeout_is_honoured_to_the_second(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    initramfs = _slow_initramfs(tmp_path, qemu_vm_factory, 60)
+    started = time.monotonic()
+    with pytest.raises(BootTimeout, match="boot timeout of 4 s"):
+        qemu_vm_factory(
+            initramfs=initramfs, kernel_args=["rdinit=/sbin/slow-init"], boot_timeout=4,
+            snapshot=False,
+        )  # fmt: skip
+    assert 4 <= time.monotonic() - started < 5.5
