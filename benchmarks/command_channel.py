@@ -56,7 +56,8 @@ def main() -> None:
         print(
             f"round trip of vm.run('true'): median {statistics.median(times):.2f} ms, "
             f"min {times[0]:.2f}, p90 {times[int(len(times) * 0.9)]:.2f} "
-            f"({options.round_trips} runs; target <= 5 ms, ratio {statistics.median(times) / 5:.2f})"
+            f"({options.round_trips} runs; target <= 5 ms, "
+            f"ratio {statistics.median(times) / 5:.2f})"
         )
         for megabytes in options.megabytes:
             before = peak_rss_mb()
@@ -66,10 +67,11 @@ def main() -> None:
             )
             elapsed = time.perf_counter() - started
             size = result.stdout_output.size
+            kept = "a file" if result.stdout_output.spilled else "memory"
             print(
                 f"output {size / MB:.0f} MB: {elapsed:.2f} s, {size / MB / elapsed:.1f} MB/s "
                 f"(target >= 20, ratio {size / MB / elapsed / 20:.2f}); host peak RSS grew "
-                f"{peak_rss_mb() - before:.1f} MB; kept in {'a file' if result.stdout_output.spilled else 'memory'}"
+                f"{peak_rss_mb() - before:.1f} MB; kept in {kept}"
             )
         payload = os.urandom(20 * MB)
         started = time.perf_counter()

@@ -1,5 +1,6 @@
 """pytest-qemu: real QEMU virtual machines as pytest fixtures."""
 
+from pytest_qemu.channels import CommandOutput
 from pytest_qemu.devices import (
     ArbitraryArgs,
     Device,
@@ -12,7 +13,6 @@ from pytest_qemu.devices import (
     UserNetwork,
     VirtioRandom,
 )
-from pytest_qemu.channels import CommandOutput
 from pytest_qemu.errors import (
     AgentDied,
     BootTimeout,

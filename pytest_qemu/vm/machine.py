@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -299,7 +300,6 @@ class VM:
             )
             qmp.connect(connection, _SOCKET_WAIT)
         except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
-
             raise self._start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
 
     def _on_serial_port_event(self, name: str, data: dict[str, Any]) -> None:
@@ -320,6 +320,7 @@ class VM:
         try:
             self._boot_setup_status = self._channel.wait_ready(deadline, resumed=resumed)
         except ChannelClosed as error:
+            self._has_exited()  # so that the report shows QEMU's exit status
             raise VMExited(
                 self.failure_report(f"QEMU exited while the VM was starting ({error})")
             ) from None
@@ -383,7 +384,7 @@ class VM:
             setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
             script += (
                 "; echo 3 >/proc/sys/vm/drop_caches"
-                "; for disk in /sys/block/vd*; do [ -e \"$disk\" ] &&"
+                '; for disk in /sys/block/vd*; do [ -e "$disk" ] &&'
                 " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
                 f"; /etc/pytest-qemu/setup {setup}"
             )
@@ -697,12 +698,15 @@ class VM:
         status = self.returncode
         if stderr and (explanation := user_error(stderr)) is not None:
             headline += f"\nlikely cause: {explanation}"
+        console_tail = self.console.tail(30)
+        if panic := _PANIC.search(console_tail):
+            headline += f"\nthe guest kernel panicked: {panic.group(0).strip()}"
         lines = [
             headline,
             f"QEMU exit status: {status}" if status is not None else "QEMU was running",
             f"command line: {shlex.join(argv or self.argv)}",
             f"QEMU stderr ({self.stderr_log}):\n{stderr or '(empty)'}",
-            f"last console lines ({self.console_log}):\n{self.console.tail(30) or '(empty)'}",
+            f"last console lines ({self.console_log}):\n{console_tail or '(empty)'}",
         ]
         return "\n".join(lines)
 
@@ -712,6 +716,7 @@ class VM:
 
 
 _EXCERPT_LIMIT = 10_000
+_PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
 
 
 def _excerpt(text: str) -> str:

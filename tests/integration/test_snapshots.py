@@ -100,9 +100,7 @@ def test_a_broken_snapshot_falls_back_to_booting(start_vm: StartVM) -> None:
     assert snapshot.exists(), "the VM that booted saves a good snapshot again"
 
 
-def test_an_empty_snapshot_is_discarded_and_rebuilt_once(
-    start_vm: StartVM, tmp_path: Path
-) -> None:
+def test_an_empty_snapshot_is_discarded_and_rebuilt_once(start_vm: StartVM, tmp_path: Path) -> None:
     first = start_vm([VirtioRandom()])
     snapshot = first._snapshot
     assert snapshot is not None and snapshot.exists()
