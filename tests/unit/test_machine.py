@@ -35,3 +35,38 @@ def test_socket_directories_of_killed_processes_are_swept(
         vm.kill()
         mine.rmdir()
     assert not any(Path(tempfile.gettempdir()).glob(f"{vm._socket_dir.name}"))
+
+
+class _InterruptedSave:
+    """A QMP connection on which the user presses Ctrl-C while a save is being written."""
+
+    def __init__(self, partial: Path) -> None:
+        self.partial = partial
+
+    def execute(self, command: str, arguments: object, timeout: object) -> object:
+        if command == "migrate":
+            self.partial.write_bytes(b"x" * 1000)
+            return {}
+        if command == "query-migrate":
+            raise KeyboardInterrupt
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_ctrl_c_during_a_snapshot_save_leaves_no_partial_file(tmp_path: Path) -> None:
+    from pytest_qemu.vm.snapshot import SnapshotStore
+
+    snapshot = SnapshotStore(tmp_path / "snapshots").get("key")
+    vm = VM(MachineSpec(kernel=tmp_path / "vmlinux"), log_dir=tmp_path / "logs")
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    vm._launched = machine._Launch(finished, _InterruptedSave(snapshot.partial_path()))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            vm._save(snapshot)
+        assert not snapshot.partial_path().exists()
+        assert not snapshot.exists()
+    finally:
+        vm.kill()
