@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import secrets
 from pathlib import Path
 
 from pytest_qemu.allocation.errors import AllocationError
-from pytest_qemu.allocation.lease import Lease, LeaseKind
+from pytest_qemu.allocation.lease import Lease, LeaseKind, LeaseRecord
 from pytest_qemu.allocation.owner import Owner
 from pytest_qemu.allocation.ports import PROTOCOLS, Protocol, port_is_free
 from pytest_qemu.allocation.statedir import default_state_dir, prepare_state_dir
@@ -144,13 +143,23 @@ class Allocator:
 
     def _add(self, state: State, kind: LeaseKind, value: int, purpose: str) -> Lease:
         owner, token = Owner.current(), secrets.token_hex(8)
-        state.leases.append(Lease(kind, value, owner, purpose, token=token))
+        state.leases.append(LeaseRecord(kind, value, owner, purpose, token=token))
         state.dirty = True
         return Lease(kind, value, owner, purpose, allocator=self, token=token)
 
-    def _attach(self, leases: list[Lease]) -> list[Lease]:
-        ordered = sorted(leases, key=lambda lease: (lease.kind.value, lease.value))
-        return [dataclasses.replace(lease, allocator=self) for lease in ordered]
+    def _attach(self, records: list[LeaseRecord]) -> list[Lease]:
+        ordered = sorted(records, key=lambda record: (record.kind.value, record.value))
+        return [
+            Lease(
+                record.kind,
+                record.value,
+                record.owner,
+                record.purpose,
+                token=record.token,
+                allocator=self,
+            )
+            for record in ordered
+        ]
 
 
 def _values(state: State, kind: LeaseKind) -> set[int]:

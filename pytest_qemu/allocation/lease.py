@@ -1,17 +1,18 @@
-"""What the allocator hands out: a value of some kind, held by one process."""
+"""What the allocator hands out: a value of some kind, held by one process.
+
+The store keeps plain :class:`LeaseRecord` values; only the allocator turns
+them into :class:`Lease` handles that can release themselves.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pytest_qemu.allocation.errors import AllocationError
 from pytest_qemu.allocation.owner import Owner
-
-if TYPE_CHECKING:
-    from pytest_qemu.allocation.allocator import Allocator
 
 
 class LeaseKind(str, enum.Enum):
@@ -27,28 +28,44 @@ class LeaseKind(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Lease:
-    """One value held by one process until released or until that process dies.
+class LeaseRecord:
+    """One grant as the state file keeps it: a value of a kind, its owner and purpose.
 
-    Use it as a context manager to release it on exit. ``allocator`` is the
-    :class:`Allocator` that :meth:`release` goes through. ``token`` tells this
-    grant apart from a later grant of the same value to the same process, so
-    releasing a stale Lease never frees the newer one; an empty token matches
-    any grant. Neither takes part in equality, hashing or repr.
+    ``token`` tells this grant apart from a later grant of the same value to
+    the same process; an empty token matches any grant. It takes no part in
+    equality, hashing or repr.
     """
 
     kind: LeaseKind
     value: int
     owner: Owner
     purpose: str
-    allocator: Allocator | None = field(default=None, compare=False, repr=False, kw_only=True)
     token: str = field(default="", compare=False, repr=False, kw_only=True)
 
-    def matches(self, other: Lease) -> bool:
+    def matches(self, other: LeaseRecord) -> bool:
         """Whether both describe the same grant: same kind, value, owner and token."""
         return (self.kind, self.value, self.owner) == (other.kind, other.value, other.owner) and (
             not self.token or not other.token or self.token == other.token
         )
+
+
+class Releaser(Protocol):
+    """What a :class:`Lease` releases itself through (an :class:`Allocator`)."""
+
+    def release(self, lease: Lease) -> None:
+        """Give *lease* back."""
+
+
+@dataclass(frozen=True)
+class Lease(LeaseRecord):
+    """One value held by one process until released or until that process dies.
+
+    Use it as a context manager to release it on exit. ``allocator`` is the
+    :class:`Allocator` that :meth:`release` goes through; it takes no part in
+    equality, hashing or repr.
+    """
+
+    allocator: Releaser | None = field(default=None, compare=False, repr=False, kw_only=True)
 
     def release(self) -> None:
         """Give the value back. Idempotent: releasing twice is harmless."""

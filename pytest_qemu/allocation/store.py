@@ -26,7 +26,7 @@ from typing import Any
 import filelock
 
 from pytest_qemu.allocation.errors import AllocationError
-from pytest_qemu.allocation.lease import Lease, LeaseKind
+from pytest_qemu.allocation.lease import LeaseKind, LeaseRecord
 from pytest_qemu.allocation.owner import Owner, boot_id
 from pytest_qemu.allocation.statedir import prepare_state_dir
 
@@ -49,8 +49,8 @@ class CorruptStateError(ValueError):
 class State:
     """The leases seen inside one transaction; set ``dirty`` after changing them."""
 
-    leases: list[Lease]
-    reclaimed: list[Lease] = field(default_factory=list)
+    leases: list[LeaseRecord]
+    reclaimed: list[LeaseRecord] = field(default_factory=list)
     dirty: bool = False
 
 
@@ -65,7 +65,7 @@ class LeaseStore:
         self._boot_id = boot_id()
         # The last content read or written, parsed: a file with exactly these
         # bytes need not be parsed again (usually we wrote it ourselves).
-        self._cache: tuple[bytes, list[Lease]] = (b"", [])
+        self._cache: tuple[bytes, list[LeaseRecord]] = (b"", [])
         self._init_locks()
         _stores.add(self)
 
@@ -118,7 +118,7 @@ class LeaseStore:
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, _MAX_POLL)
 
-    def _load(self) -> list[Lease]:
+    def _load(self) -> list[LeaseRecord]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -136,7 +136,7 @@ class LeaseStore:
         self._cache = (raw, leases)
         return list(leases)
 
-    def _parse(self, raw: bytes) -> list[Lease]:
+    def _parse(self, raw: bytes) -> list[LeaseRecord]:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
             raise CorruptStateError(f"not a version {_FORMAT_VERSION} lease file")
@@ -166,7 +166,7 @@ class LeaseStore:
             stacklevel=6,  # the caller of the Allocator method
         )
 
-    def _write(self, leases: list[Lease]) -> None:
+    def _write(self, leases: list[LeaseRecord]) -> None:
         data = {
             "version": _FORMAT_VERSION,
             "boot_id": self._boot_id,
@@ -193,7 +193,7 @@ class LeaseStore:
     def _reclaim(self, state: State) -> None:
         me = Owner.current()
         verdicts: dict[Owner, bool] = {me: True}
-        kept: list[Lease] = []
+        kept: list[LeaseRecord] = []
         for lease in state.leases:
             alive = verdicts.get(lease.owner)
             if alive is None:
@@ -222,7 +222,7 @@ class LeaseStore:
 _KINDS = {kind.value: kind for kind in LeaseKind}
 
 
-def _lease_from_record(record: Any) -> Lease:
+def _lease_from_record(record: Any) -> LeaseRecord:
     try:
         kind = _KINDS[record["kind"]]
         value, pid, start_time = record["value"], record["pid"], record["start_time"]
@@ -234,10 +234,10 @@ def _lease_from_record(record: Any) -> Lease:
         raise CorruptStateError(f"bad number in lease record {record!r}")
     if type(purpose) is not str or type(token) is not str:
         raise CorruptStateError(f"bad purpose or token in lease record {record!r}")
-    return Lease(kind, value, Owner(pid, start_time), purpose, token=token)
+    return LeaseRecord(kind, value, Owner(pid, start_time), purpose, token=token)
 
 
-def _record_from_lease(lease: Lease) -> dict[str, object]:
+def _record_from_lease(lease: LeaseRecord) -> dict[str, object]:
     return {
         "kind": lease.kind.value,
         "value": lease.value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext, default_names
@@ -11,6 +12,86 @@ from pytest_qemu.errors import ConfigurationError
 
 #: Where the default guest mounts shared directories: ``/mnt/<tag>``.
 GUEST_MOUNT_ROOT = "/mnt"
+
+# The FAT16 disk QEMU 7.2's vvfat builds (block/vvfat.c, measured against a real start):
+# 1024*16*63 sectors, 16-sector (8 KiB) clusters, 64472 clusters counting the fixed root.
+_FAT_CLUSTER_BYTES = 8192
+_FAT_CLUSTERS = 64472
+_FAT_SLOTS_PER_CLUSTER = _FAT_CLUSTER_BYTES // 32
+# The root directory is 512 slots: the volume label takes one. With more, QEMU either
+# refuses to start or, depending on readdir order, silently drops the last names.
+_FAT_ROOT_SLOTS = 511
+_FAT_ROOT_CLUSTERS = 2
+_FAT_NAME_CHARACTERS_PER_SLOT = 13
+
+
+def _fat_slots(name: str) -> int:
+    """Directory slots vvfat gives *name*: one short entry plus its long-name entries."""
+    # Long names are UTF-16, 13 code units per slot; vvfat writes them for every name.
+    units = len(name.encode("utf-16-le", "surrogatepass")) // 2
+    return 1 + -(-units // _FAT_NAME_CHARACTERS_PER_SLOT)
+
+
+def check_fat_directory(directory: Path) -> None:
+    """Refuse a directory QEMU's vvfat cannot show faithfully, naming what is wrong.
+
+    Walks the tree the way vvfat does (following symlinks, leaving out what
+    cannot be stat-ed) and checks that no two names in one directory differ
+    only in case, that the root directory's names fit its 511 free slots, and
+    that everything fits the FAT16 disk (64472 clusters of 8 KiB).
+    """
+    clusters = _FAT_ROOT_CLUSTERS
+    pending = [directory]
+    while pending:
+        current = pending.pop()
+        is_root = current == directory
+        # A subdirectory starts with its "." and ".." entries.
+        slots = 0 if is_root else 2
+        seen: dict[str, str] = {}
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot list {current} ({error.strerror}): QEMU's vvfat would fail to start "
+                f"with {directory}; make it readable or leave it out"
+            ) from None
+        for entry in entries:
+            try:
+                info = entry.stat()
+            except OSError:
+                continue  # vvfat leaves out what it cannot stat, such as dangling symlinks
+            folded = entry.name.lower()
+            if folded in seen:
+                raise ConfigurationError(
+                    f"{current / seen[folded]} and {entry.path} differ only in case: the "
+                    "guest's FAT file system cannot tell them apart and would show one "
+                    "file's contents for both; rename one of them"
+                )
+            seen[folded] = entry.name
+            slots += _fat_slots(entry.name)
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(Path(entry.path))
+            elif info.st_size:
+                clusters += -(-info.st_size // _FAT_CLUSTER_BYTES)
+        if is_root and slots > _FAT_ROOT_SLOTS:
+            raise ConfigurationError(
+                f"{directory} has too many names at its top level for a FAT root directory: "
+                f"its {len(seen)} names need {slots} directory slots and vvfat has "
+                f"{_FAT_ROOT_SLOTS} (a name takes one slot plus one per "
+                f"{_FAT_NAME_CHARACTERS_PER_SLOT} characters); move some into a subdirectory"
+            )
+        if not is_root:
+            clusters += -(-slots // _FAT_SLOTS_PER_CLUSTER)
+        # Checked as we go: a symlink loop makes the tree repeat until this fires.
+        if clusters > _FAT_CLUSTERS:
+            raise ConfigurationError(
+                f"{directory} does not fit on the FAT disk vvfat builds: its files and "
+                f"directories need more than {_FAT_CLUSTERS} clusters of "
+                f"{_FAT_CLUSTER_BYTES // 1024} KiB ({_FAT_CLUSTERS * _FAT_CLUSTER_BYTES} bytes, "
+                "counting every started cluster of each file and directory, and symlinked "
+                "directories, which vvfat follows); use a P9Directory or a Disk for more data"
+            )
 
 
 def _host_directory(directory: str | os.PathLike[str]) -> Path:
@@ -91,6 +172,13 @@ class ReadOnlyDirectory(Device):
     the host directory is never changed. Files written on the host after the
     VM started may not be seen by the guest. The default guest mounts it at
     :attr:`guest_path` (``/mnt/<name>``).
+
+    The directory is checked (see :func:`check_fat_directory`) when the device
+    is created and again when a VM's command line is built, since files are
+    often added in between: names that differ only in case, a root directory
+    with too many names, or more than vvfat's FAT16 disk holds (about 504 MiB)
+    raise :class:`~pytest_qemu.ConfigurationError`. vvfat follows symlinks,
+    also out of the directory.
     """
 
     guest_modules = ("virtio_pci", "virtio_blk", "vfat")
@@ -113,8 +201,11 @@ class ReadOnlyDirectory(Device):
                 f"FAT directory name {self.name!r} is longer than 20 characters"
             )
         self.guest_path = validate_guest_path(guest_path or f"{GUEST_MOUNT_ROOT}/{self.name}")
+        check_fat_directory(self.directory)
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        # Again here: the fat_dir fixture creates the device before the test fills it.
+        check_fat_directory(self.directory)
         drive = ctx.id_for(self, "fat")
         return [
             "-drive",

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext, default_names
-from pytest_qemu.devices.options import option_string, validate_id
+from pytest_qemu.devices.options import option_string, validate_id, validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError
 
 _DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"})
@@ -41,8 +41,11 @@ class Disk(Device):
     """A disk image attached as a virtio block device.
 
     The default guest links it as ``/dev/disk/by-id/virtio-<serial>`` (see
-    :attr:`guest_device`). ``read_only=True`` opens the image read-only, so one
-    image can back many VMs at once.
+    :attr:`guest_device`). By default the guest writes to a throwaway
+    copy-on-write overlay that QEMU creates for the VM (``snapshot=on``), so
+    the image is never changed and one image can back many VMs at once.
+    ``persistent=True`` writes the guest's changes into the image itself;
+    ``read_only=True`` opens the image read-only, so guest writes fail.
     """
 
     guest_modules = ("virtio_pci", "virtio_blk")
@@ -53,6 +56,7 @@ class Disk(Device):
         format: str = "raw",
         read_only: bool = False,
         serial: str | None = None,
+        persistent: bool = False,
     ) -> None:
         self.image = Path(image).absolute()
         if not self.image.is_file() and not self.image.is_block_device():
@@ -61,8 +65,15 @@ class Disk(Device):
             raise ConfigurationError(
                 f"disk format {format!r} is not supported: use one of {sorted(_DISK_FORMATS)}"
             )
+        if persistent and read_only:
+            raise ConfigurationError(
+                f"disk {self.image} is both persistent and read_only: a read-only image keeps "
+                "no changes, so give persistent=True (guest writes go into the image) or "
+                "read_only=True (guest writes fail), not both"
+            )
         self.format = format
         self.read_only = read_only
+        self.persistent = persistent
         self.serial = (
             validate_id(serial, "disk serial") if serial is not None else default_names.next("disk")
         )
@@ -84,6 +95,8 @@ class Disk(Device):
                 id=drive,
                 format=self.format,
                 readonly=True if self.read_only else None,
+                # QEMU writes to a temporary qcow2 overlay (in $TMPDIR) backed by the image.
+                snapshot=None if self.read_only or self.persistent else True,
                 **{"file.driver": "file", "file.filename": str(self.image)},
             ),
             "-device",
@@ -92,19 +105,24 @@ class Disk(Device):
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
         # The guest learns the disk's size when it probes it, before the snapshot; only
-        # a raw image's size is known without reading the image.
-        if self.format != "raw":
+        # a raw image's size is known without reading the image. A persistent image's
+        # content can change between VMs, so a saved boot could show stale data.
+        if self.format != "raw" or self.persistent:
             return None
         return f"disk:{self.read_only}:{self.image.stat().st_size}"
 
     def __repr__(self) -> str:
-        return f"Disk({str(self.image)!r}, format={self.format!r}, read_only={self.read_only})"
+        return (
+            f"Disk({str(self.image)!r}, format={self.format!r}, read_only={self.read_only}, "
+            f"persistent={self.persistent})"
+        )
 
 
 class ArbitraryArgs(Device):
     """Arguments passed to QEMU and the kernel as they are, for what no device models.
 
-    Nothing is escaped or checked: the caller owns these strings.
+    Nothing is escaped: the caller owns these strings. Only their type is checked,
+    and that kernel arguments hold no control characters.
     """
 
     def __init__(
@@ -119,6 +137,8 @@ class ArbitraryArgs(Device):
         for value in [*self._qemu_args, *self._kernel_args]:
             if not isinstance(value, str):
                 raise ConfigurationError(f"argument {value!r} is not a string")
+        for value in self._kernel_args:
+            validate_kernel_argument(value)
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         return list(self._qemu_args)

@@ -52,6 +52,23 @@ def validate_id(value: str, what: str) -> str:
     return value
 
 
+def validate_kernel_argument(value: object, what: str = "kernel argument") -> str:
+    """Check one kernel command-line argument: a ``str`` without control characters.
+
+    The kernel command line is one line of text; a newline or other control
+    character in it splits or garbles the arguments the guest sees.
+    """
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{what} {value!r} is not a string: give each argument as a str")
+    for character in value:
+        if ord(character) < 32 or ord(character) == 127:
+            raise ConfigurationError(
+                f"{what} {value!r} contains the control character {character!r}: the kernel "
+                "command line is a single line of text, so remove it"
+            )
+    return value
+
+
 def validate_guest_path(value: str) -> str:
     """Check a guest mount point: absolute, and safe to pass on the kernel command line."""
     if not _GUEST_PATH_PATTERN.fullmatch(value) or "/../" in f"{value}/" or value == "/":

@@ -72,7 +72,47 @@ class VMFactory:
                 "kernel_args and qemu_args take a list of arguments, not one string: "
                 f"got {kernel_args!r} / {qemu_args!r}"
             )
+        # Checked before the guest's files are built, so a typo fails at once.
+        if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+            raise ConfigurationError(
+                f"devices {devices!r} is not a list of devices: give a list of "
+                "pytest_qemu Device instances, such as [VirtioRandom()]"
+            )
         device_list = list(devices)
+        for device in device_list:
+            if not isinstance(device, Device):
+                raise ConfigurationError(
+                    f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
+                )
+        if memory is not None and (
+            isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
+        ):
+            raise ConfigurationError(
+                f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
+            )
+        if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
+            raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
+        if boot_timeout is not None and (
+            isinstance(boot_timeout, bool)
+            or not isinstance(boot_timeout, (int, float))
+            or not 0 < boot_timeout < float("inf")
+        ):
+            raise ConfigurationError(
+                f"boot_timeout {boot_timeout!r} is not valid: give a number of seconds "
+                "greater than 0, such as boot_timeout=60"
+            )
+        for name, arguments in (("kernel_args", kernel_args), ("qemu_args", qemu_args)):
+            if not isinstance(arguments, Iterable):
+                raise ConfigurationError(
+                    f"{name} {arguments!r} is not a list of arguments: give a list of str"
+                )
+        kernel_args, qemu_args = list(kernel_args), list(qemu_args)
+        for argument in [*kernel_args, *qemu_args]:
+            if not isinstance(argument, str):
+                raise ConfigurationError(
+                    f"argument {argument!r} is not a string: kernel_args and qemu_args "
+                    "take a list of str"
+                )
         kernel_path, initramfs_path, all_kernel_args = self._boot_files(
             device_list, kernel, initramfs, list(kernel_args)
         )
@@ -117,6 +157,11 @@ class VMFactory:
             initramfs_path,
             [*DEFAULT_KERNEL_ARGS, *self._kernel_args, *kernel_args],
         )
+
+    @property
+    def guest(self) -> DefaultGuest:
+        """The default guest this factory boots (its kernel and initramfs builder)."""
+        return self._guest
 
     def close(self) -> None:
         """Shut down every VM this factory started."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
 
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
@@ -64,11 +66,51 @@ def _number(config: pytest.Config, name: str, kind: type[int] | type[float]) -> 
     return value
 
 
+#: No Linux guest boots in less; each VM checks the real minimum for its kernel and initramfs.
+_MEMORY_FLOOR_MB = 16
+
+
 def _memory(config: pytest.Config) -> int:
     memory = int(_number(config, "memory", int))
-    if memory < 64:
-        raise ConfigurationError(f"--qemu-memory {memory} is too small: give at least 64 (MiB)")
+    if memory < _MEMORY_FLOOR_MB:
+        raise ConfigurationError(
+            f"--qemu-memory {memory} MiB is far too small: no Linux guest boots in less than "
+            f"{_MEMORY_FLOOR_MB} MiB, and the default guest on Debian 12 needs about 96; "
+            "each VM reports the minimum for its kernel and initramfs when it is created"
+        )
     return memory
+
+
+def _kernel_args(config: pytest.Config) -> tuple[str, ...]:
+    text = _value(config, "kernel-args")
+    try:
+        arguments = shlex.split(text)
+    except ValueError as error:
+        raise ConfigurationError(
+            f"--qemu-kernel-args {text!r} cannot be split into arguments ({error}): "
+            "close every quote, or escape a lone quote with a backslash"
+        ) from None
+    for argument in arguments:
+        validate_kernel_argument(argument, f"--qemu-kernel-args {text!r}: argument")
+    return tuple(arguments)
+
+
+def _cache_dir(config: pytest.Config) -> Path | None:
+    text = _value(config, "cache-dir")
+    if not text:
+        return None
+    path = Path(text).expanduser().absolute()
+    # Checked now: otherwise the first VM fails deep inside the guest build.
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ConfigurationError(
+            f"--qemu-cache-dir {text!r} is not a writable directory ({error.strerror}: "
+            f"{error.filename or path}): give a directory you can create and write to"
+        ) from None
+    return path
 
 
 def _existing_file(config: pytest.Config, name: str) -> Path | None:
@@ -100,7 +142,6 @@ class QemuSettings:
         accel = _value(config, "accel")
         if accel not in ACCELERATOR_CHOICES:
             raise ConfigurationError(f"--qemu-accel {accel!r} is not one of {ACCELERATOR_CHOICES}")
-        cache_dir = _value(config, "cache-dir")
         snapshots = _value(config, "snapshots")
         if snapshots not in ("on", "off"):
             raise ConfigurationError(f"--qemu-snapshots {snapshots!r} is not 'on' or 'off'")
@@ -108,11 +149,11 @@ class QemuSettings:
             binary=_value(config, "binary"),
             kernel=_existing_file(config, "kernel"),
             initramfs=_existing_file(config, "initramfs"),
-            kernel_args=tuple(shlex.split(_value(config, "kernel-args"))),
+            kernel_args=_kernel_args(config),
             accel=accel,
             memory_mb=_memory(config),
             boot_timeout=_number(config, "boot-timeout", float),
-            cache_dir=Path(cache_dir).expanduser().absolute() if cache_dir else None,
+            cache_dir=_cache_dir(config),
             snapshots=snapshots == "on",
         )
 

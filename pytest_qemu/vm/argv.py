@@ -1,4 +1,5 @@
-"""Building a VM's QEMU command line. Pure: no files are read and nothing is started."""
+"""Building a VM's QEMU command line. Nothing is started, and the only files read are
+the boot files' sizes, to check that the guest's memory can hold them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from pytest_qemu.devices.base import Device, DeviceContext
 from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
 from pytest_qemu.devices.misc import Disk
-from pytest_qemu.devices.options import option_string
+from pytest_qemu.devices.options import option_string, validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError
 
 ACCELERATORS = ("tcg", "kvm")
@@ -32,24 +33,111 @@ class MachineSpec:
     extra_args: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        """Refuse what cannot boot, naming the value and what to give instead.
+
+        Besides the types and ranges, memory is checked against what the
+        kernel and initramfs need: their files are stat-ed, and a bzImage's
+        setup header is read for the memory it unpacks itself into.
+        """
         if self.accelerator not in ACCELERATORS:
             raise ConfigurationError(
                 f"accelerator {self.accelerator!r} is not supported: use one of {ACCELERATORS}"
             )
-        if not isinstance(self.memory_mb, int) or not 64 <= self.memory_mb <= 1024 * 1024:
-            raise ConfigurationError(
-                f"memory {self.memory_mb!r} MiB is not valid: "
-                "give a whole number of MiB, at least 64"
-            )
-        if not isinstance(self.cpus, int) or not 1 <= self.cpus <= 255:
+        if (
+            isinstance(self.cpus, bool)
+            or not isinstance(self.cpus, int)
+            or not 1 <= self.cpus <= 255
+        ):
             raise ConfigurationError(
                 f"cpus {self.cpus!r} is not valid: give a number from 1 to 255"
+            )
+        if (
+            isinstance(self.memory_mb, bool)
+            or not isinstance(self.memory_mb, int)
+            or not 0 < self.memory_mb <= 1024 * 1024
+        ):
+            raise ConfigurationError(
+                f"memory {self.memory_mb!r} MiB is not valid: "
+                "give a whole number of MiB, at most 1048576"
+            )
+
+        def file_size(path: Path | None) -> int | None:
+            try:
+                return path.stat().st_size if path is not None and path.is_file() else None
+            except OSError:
+                return None
+
+        def kernel_size(path: Path) -> int | None:
+            size = file_size(path)
+            try:
+                with path.open("rb") as image:
+                    header = image.read(0x264)
+            except OSError:
+                return size
+            # A bzImage decompresses itself in guest memory: the setup header's init_size
+            # (boot protocol 2.10+) is what it needs there, not its compressed file size.
+            if (
+                header[0x202:0x206] == b"HdrS"
+                and int.from_bytes(header[0x206:0x208], "little") >= 0x20A
+            ):
+                return max(size or 0, int.from_bytes(header[0x260:0x264], "little"))
+            return size
+
+        # Measured under TCG with the default guest (6.1 kernel, 63 MiB vmlinux): the guest
+        # boots from kernel + 2 x initramfs (the archive stays in memory while it is unpacked)
+        # + about 17 MiB, plus about 1 MiB per CPU; 24 MiB leaves room to run commands.
+        mib = 1024 * 1024
+        kernel_bytes = kernel_size(Path(self.kernel))
+        initramfs_bytes = file_size(None if self.initramfs is None else Path(self.initramfs))
+        needed = (kernel_bytes or 0) + 2 * (initramfs_bytes or 0)
+        minimum = -(-needed // mib) + 24 + self.cpus
+        minimum = -(-minimum // 8) * 8
+        if self.memory_mb < minimum:
+            parts = []
+            if kernel_bytes is not None:
+                parts.append(f"the kernel {self.kernel} needs {kernel_bytes / mib:.1f} MiB")
+            if initramfs_bytes is not None:
+                parts.append(
+                    f"the initramfs {self.initramfs} twice its {initramfs_bytes / mib:.1f} MiB, "
+                    "as the guest unpacks it"
+                )
+            parts.append(f"the running kernel about 24 MiB and 1 MiB per CPU ({self.cpus})")
+            raise ConfigurationError(
+                f"memory {self.memory_mb} MiB is too little for this VM, which needs at least "
+                f"{minimum} MiB: {'; '.join(parts)}. Give memory={minimum} or more "
+                "(--qemu-memory for the whole run)"
+            )
+
+        if isinstance(self.devices, (str, bytes)):
+            raise ConfigurationError(
+                f"devices {self.devices!r} is not a list of devices: give a list of "
+                "pytest_qemu Device instances, such as [VirtioRandom()]"
             )
         for device in self.devices:
             if not isinstance(device, Device):
                 raise ConfigurationError(
                     f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
                 )
+
+        if isinstance(self.kernel_args, (str, bytes)):
+            raise ConfigurationError(
+                f"kernel_args {self.kernel_args!r} is one string: give a list of arguments"
+            )
+        for argument in self.kernel_args:
+            validate_kernel_argument(argument)
+        _check_command_line_length(self.kernel_args)
+
+
+def _check_command_line_length(kernel_args: Sequence[str]) -> None:
+    # x86 kernels take at most 2048 bytes with the terminating NUL. QEMU passes a
+    # longer -append on, and the guest then prints nothing and never boots.
+    length = len(" ".join(kernel_args).encode())
+    if length > 2047:
+        raise ConfigurationError(
+            f"the kernel command line is {length} bytes long "
+            f"({' '.join(kernel_args)[:60]!r}...): an x86 kernel takes at most 2047 "
+            "(2048 with the terminating NUL); pass fewer or shorter kernel arguments"
+        )
 
 
 @dataclass(frozen=True)
@@ -135,6 +223,7 @@ def build_command_line(
     for device in spec.devices:
         device_args += device.qemu_args(ctx)
         for argument in device.kernel_args(ctx):
+            validate_kernel_argument(argument, f"kernel argument of {device!r}")
             if argument.startswith(SETUP_ARGUMENT_PREFIX):
                 setup_args.append(argument)
             else:
@@ -143,6 +232,7 @@ def build_command_line(
         layout = None if layout is None or device_layout is None else [*layout, device_layout]
     if setup_on_kernel_command_line:
         kernel_args += setup_args
+    _check_command_line_length(kernel_args)
 
     def server_socket(chardev_id: str, path: Path, **options: str | bool) -> str:
         return option_string(

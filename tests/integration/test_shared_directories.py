@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import ArbitraryArgs, Disk, GuestSetupError, P9Directory, ReadOnlyDirectory
+from pytest_qemu import (
+    ArbitraryArgs,
+    Disk,
+    GuestSetupError,
+    P9Directory,
+    ReadOnlyDirectory,
+    VMExited,
+)
 from pytest_qemu.plugin.factory import VMFactory
 
 pytestmark = pytest.mark.vm
@@ -50,7 +57,7 @@ def test_awkward_names_and_many_shares_in_one_vm(
 def test_writable_disk_round_trip(qemu_vm_factory: VMFactory, tmp_path: Path) -> None:
     image = tmp_path / "data.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
-    disk = Disk(image, format="qcow2", serial="data")
+    disk = Disk(image, format="qcow2", serial="data", persistent=True)
     vm = qemu_vm_factory(devices=[disk])
     vm.check(f"echo persisted | dd of={disk.guest_device} conv=fsync 2>/dev/null")
     vm.shutdown()
@@ -58,6 +65,34 @@ def test_writable_disk_round_trip(qemu_vm_factory: VMFactory, tmp_path: Path) ->
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw_copy)], check=True)
     raw = raw_copy.read_bytes()
     assert raw.startswith(b"persisted\n")
+
+
+def test_a_disk_is_a_throwaway_overlay_by_default(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    golden = tmp_path / "golden.img"
+    golden.write_bytes(b"GOLDEN" + b"\0" * (2 * 1024 * 1024 - 6))
+    before = golden.read_bytes()
+    first, second = Disk(golden, serial="one"), Disk(golden, serial="two")
+    # Two VMs at once on one image: each writes to its own overlay.
+    vms = [qemu_vm_factory(devices=[disk]) for disk in (first, second)]
+    for vm, disk in zip(vms, (first, second), strict=True):
+        vm.check(f"echo scribbled | dd of={disk.guest_device} conv=fsync 2>/dev/null")
+        assert vm.check(f"head -c 9 {disk.guest_device}") == "scribbled"
+    for vm in vms:
+        vm.shutdown()
+    assert golden.read_bytes() == before, "a guest write reached the user's image"
+    assert not list(tmp_path.glob("*.qcow2")) and sorted(tmp_path.iterdir()) == [golden]
+
+
+def test_a_disk_another_vm_writes_to_is_refused_plainly(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    image = tmp_path / "shared.img"
+    image.write_bytes(b"\0" * (1024 * 1024))
+    qemu_vm_factory(devices=[Disk(image, persistent=True, serial="a")])
+    with pytest.raises(VMExited, match=r"(?s)likely cause: the disk image .*shared.img is in use"):
+        qemu_vm_factory(devices=[Disk(image, persistent=True, serial="b")])
 
 
 def test_a_setting_the_guest_cannot_apply_fails_the_start(qemu_vm_factory: VMFactory) -> None:

@@ -34,6 +34,8 @@ def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
         (["--qemu-boot-timeout=-3"], "*--qemu-boot-timeout '-3' must be greater than zero*"),
         (["--qemu-accel=hvf"], "*--qemu-accel 'hvf' is not one of*"),
         (["--qemu-kernel=/no/such/vmlinuz"], "*--qemu-kernel '/no/such/vmlinuz': no such file*"),
+        (["--qemu-memory=8"], "*--qemu-memory 8 MiB is far too small*"),
+        (["--qemu-kernel-args=x='a\nb'"], "*--qemu-kernel-args * argument 'x=a\\nb'*control*"),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -43,6 +45,39 @@ def test_bad_options_are_usage_errors(
     result = pytester.runpytest_subprocess(*arguments)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+@pytest.mark.parametrize("option", ["--qemu-kernel-args=a'b", '--qemu-kernel-args="x'])
+def test_unbalanced_quotes_in_kernel_args_are_a_usage_error(
+    pytester: pytest.Pytester, option: str
+) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    value = option.split("=", 1)[1]
+    result.stderr.fnmatch_lines([f"*--qemu-kernel-args {value!r} cannot be split*quote*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_cache_dir_that_cannot_be_created_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    blocker = pytester.path / "a-file"
+    blocker.write_text("not a directory")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(f"--qemu-cache-dir={blocker}/cache")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*--qemu-cache-dir '{blocker}/cache' is not a writable directory*Not a directory*"]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_the_cache_dir_is_created(pytester: pytest.Pytester) -> None:
+    cache = pytester.path / "new" / "cache"
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(f"--qemu-cache-dir={cache}", "--qemu-accel=tcg")
+    result.assert_outcomes(passed=1)
+    assert cache.is_dir()
 
 
 def test_ini_options_are_read(pytester: pytest.Pytester) -> None:

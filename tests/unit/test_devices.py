@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,167 @@ def test_arbitrary_args_pass_through() -> None:
     assert device.guest_modules == ("pvpanic",)
     with pytest.raises(ConfigurationError, match="not a string"):
         ArbitraryArgs([1])  # type: ignore[list-item]
+
+
+def test_arbitrary_kernel_args_without_control_characters() -> None:
+    with pytest.raises(ConfigurationError, match=r"'a\\nb' contains the control character"):
+        ArbitraryArgs(kernel_args=["quiet", "a\nb"])
+    assert ArbitraryArgs(["-append\n"]).qemu_args(DeviceContext()) == ["-append\n"]
+
+
+# --- FAT directories: what vvfat cannot show faithfully is refused -----------------------
+# The limits were found by starting QEMU 7.2 on such directories (see docs/devices.md).
+
+FAT_CLUSTER = 8192
+FAT_CLUSTERS = 64472
+
+
+def sparse(path: Path, size: int) -> None:
+    with path.open("wb") as file:
+        os.truncate(file.fileno(), size)
+
+
+def names(directory: Path, count: int, width: int) -> None:
+    for index in range(count):
+        (directory / f"{index:0{width}d}").touch()
+
+
+def test_names_that_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "README.txt").write_text("upper")
+    (tmp_path / "readme.txt").write_text("lower")
+    with pytest.raises(ConfigurationError, match="differ only in case") as error:
+        ReadOnlyDirectory(tmp_path)
+    assert str(tmp_path / "README.txt") in str(error.value)
+    assert str(tmp_path / "readme.txt") in str(error.value)
+
+
+def test_case_clashes_are_found_at_any_depth(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "Data").mkdir()
+    (deep / "DATA").write_text("x")
+    with pytest.raises(ConfigurationError, match="differ only in case") as error:
+        ReadOnlyDirectory(tmp_path)
+    assert str(deep / "DATA") in str(error.value) and str(deep / "Data") in str(error.value)
+    (deep / "DATA").unlink()
+    (tmp_path / "b").mkdir()  # the same name in another directory is fine
+    ReadOnlyDirectory(tmp_path)
+
+
+def test_files_added_after_the_device_was_created_are_checked_too(tmp_path: Path) -> None:
+    device = ReadOnlyDirectory(tmp_path)
+    (tmp_path / "Notes").write_text("1")
+    (tmp_path / "notes").write_text("2")
+    with pytest.raises(ConfigurationError, match="differ only in case"):
+        device.qemu_args(DeviceContext())
+
+
+@pytest.mark.parametrize(
+    ("count", "width", "fits"),
+    [
+        (255, 4, True),  # 255 x 2 slots + the volume label = 511
+        (256, 4, False),
+        (255, 13, True),  # 13 characters still take one long-name slot
+        (170, 14, True),  # 14 take two: 170 x 3 = 510
+        (171, 14, False),
+    ],
+)
+def test_the_root_directory_holds_511_slots(
+    tmp_path: Path, count: int, width: int, fits: bool
+) -> None:
+    names(tmp_path, count, width)
+    if fits:
+        ReadOnlyDirectory(tmp_path)
+    else:
+        with pytest.raises(ConfigurationError, match=r"too many names.*move some into") as error:
+            ReadOnlyDirectory(tmp_path)
+        assert f"its {count} names need" in str(error.value)
+
+
+def test_long_names_are_counted_in_characters_not_bytes(tmp_path: Path) -> None:
+    for index in range(255):
+        (tmp_path / f"{'é' * 10}{index:03d}").touch()  # 13 characters, 23 bytes
+    ReadOnlyDirectory(tmp_path)
+
+
+def test_subdirectories_do_not_count_against_the_root(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    names(tmp_path / "sub", 600, 4)
+    ReadOnlyDirectory(tmp_path)
+
+
+@pytest.mark.parametrize(("extra", "fits"), [(0, True), (1, False)])
+def test_the_disk_holds_64472_clusters_of_8_kib(tmp_path: Path, extra: int, fits: bool) -> None:
+    # The root directory takes 2 clusters; the largest file takes the rest.
+    sparse(tmp_path / "big.bin", (FAT_CLUSTERS - 2) * FAT_CLUSTER + extra)
+    if fits:
+        ReadOnlyDirectory(tmp_path)
+    else:
+        with pytest.raises(ConfigurationError, match=r"does not fit.*64472 clusters of 8 KiB"):
+            ReadOnlyDirectory(tmp_path)
+
+
+@pytest.mark.parametrize(("entries", "fits"), [(127, True), (128, False)])
+def test_a_subdirectory_takes_a_cluster_per_256_slots(
+    tmp_path: Path, entries: int, fits: bool
+) -> None:
+    # "." and ".." plus 127 names of 2 slots fill one cluster; one name more needs a second.
+    sparse(tmp_path / "big.bin", (FAT_CLUSTERS - 3) * FAT_CLUSTER)
+    (tmp_path / "sub").mkdir()
+    names(tmp_path / "sub", entries, 3)
+    if fits:
+        ReadOnlyDirectory(tmp_path)
+    else:
+        with pytest.raises(ConfigurationError, match="does not fit"):
+            ReadOnlyDirectory(tmp_path)
+
+
+def test_empty_files_take_no_cluster_and_small_ones_a_whole_one(tmp_path: Path) -> None:
+    sparse(tmp_path / "big.bin", (FAT_CLUSTERS - 4) * FAT_CLUSTER)
+    (tmp_path / "empty").touch()
+    (tmp_path / "one").write_text("1")
+    (tmp_path / "two").write_text("2")
+    ReadOnlyDirectory(tmp_path)
+    (tmp_path / "three").write_text("3")
+    with pytest.raises(ConfigurationError, match="does not fit"):
+        ReadOnlyDirectory(tmp_path)
+
+
+def test_symlinks_are_followed_like_vvfat_does(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    outside = tmp_path / "outside"
+    shared.mkdir()
+    outside.mkdir()
+    sparse(outside / "big.bin", 300 * 1024 * 1024)
+    (shared / "dangling").symlink_to(tmp_path / "missing")
+    (shared / "link").symlink_to(outside)
+    ReadOnlyDirectory(shared)
+    (shared / "link2").symlink_to(outside)  # the same 300 MiB seen twice
+    with pytest.raises(ConfigurationError, match="does not fit"):
+        ReadOnlyDirectory(shared)
+
+
+def test_a_symlink_loop_ends_like_it_does_in_vvfat(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("x")
+    (tmp_path / "d" / "up").symlink_to("..")
+    # The kernel stops resolving after 40 links, so the repeated tree ends; QEMU starts.
+    ReadOnlyDirectory(tmp_path)
+
+
+def test_an_unreadable_subdirectory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Path) -> object:
+        # Root reads every directory whatever its mode, so the refusal is simulated.
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ConfigurationError, match=f"cannot list {locked} \\(Permission denied\\)"):
+        ReadOnlyDirectory(tmp_path)
