@@ -35,8 +35,8 @@ try:
 except ImportError:  # not installed: use the source tree next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pytest_qemu.allocation import Allocator
-from pytest_qemu.guest.cache import BuildCache, default_cache_dir
-from pytest_qemu.guest.default import DefaultGuest
+from pytest_qemu.guests.cache import BuildCache, default_cache_dir
+from pytest_qemu.guests.default import DefaultGuest
 
 WORKER_COUNTS = (0, 2)
 

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+from pytest_qemu.plugin.options import QemuSettings
+
 
 def running_qemu_pids(marker: bytes = b"") -> set[int]:
     """PIDs of the QEMU system emulators running on this host whose arguments hold *marker*."""
@@ -29,3 +31,22 @@ def recorded_leases(state_dir: Path) -> list[dict[str, object]]:
         return []
     leases: list[dict[str, object]] = json.loads(state_file.read_text())["leases"]
     return leases
+
+
+def make_settings(cache_dir: Path, **overrides: object) -> QemuSettings:
+    """Run settings as the options' defaults give them, with *overrides*."""
+    values: dict[str, object] = {
+        "binary": "",
+        "arch": None,
+        "userland": "busybox",
+        "kernel": None,
+        "initramfs": None,
+        "kernel_args": (),
+        "accel": "tcg",
+        "memory": 256,
+        "boot_timeout": 120.0,
+        "cache_dir": cache_dir,
+        "snapshots": False,
+    }
+    values.update(overrides)
+    return QemuSettings(**values)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """The default guest's command agent, reached over a virtio-serial port.
 
 QEMU connects the port to a UNIX socket; the host speaks the frames of
-:mod:`pytest_qemu.channels.framing` over it to ``guest/files/agent.c``. The
+:mod:`pytest_qemu.channels.framing` over it to ``guests/files/agent.c``. The
 host never blocks on a write (a guest that has not opened its port is not
 read by QEMU), reads whatever arrives while it waits, and learns that the
 agent died from QEMU's ``VSERPORT_CHANGE`` event or from a restarted agent's
@@ -128,8 +128,15 @@ class AgentChannel(CommandChannel):
 
     serial_port_id = _PORT_ID
 
-    def __init__(self, socket_dir: Path, serial_bus_device: str = "virtio-serial-pci") -> None:
+    def __init__(
+        self,
+        socket_dir: Path,
+        serial_bus_device: str = "virtio-serial-pci",
+        command_root: str = "",
+    ) -> None:
         self.socket_path = socket_dir / "agent.sock"
+        #: Commands run chrooted into this guest directory ("": the guest's own root).
+        self.command_root = command_root
         self._serial_bus_device = serial_bus_device
         self._socket: socket.socket | None = None
         self._reader = FrameReader()
@@ -241,7 +248,12 @@ class AgentChannel(CommandChannel):
         pending = _RunRequest(next(self._ids), stdout, stderr)
         timeout_ms = 0 if request.timeout is None else max(1, math.ceil(request.timeout * 1000))
         first = encode_run(
-            pending.request_id, request.command, timeout_ms, request.cwd, dict(request.env)
+            pending.request_id,
+            request.command,
+            timeout_ms,
+            request.cwd,
+            dict(request.env),
+            request.root or self.command_root,
         )
         started = time.monotonic()
         deadline = None if request.timeout is None else started + request.timeout + _REPLY_GRACE

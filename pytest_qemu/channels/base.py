@@ -94,6 +94,8 @@ class CommandRequest:
     timeout: float | None = 60.0
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str = ""
+    #: A directory of the guest to chroot into first ("": none).
+    root: str = ""
     #: Where output beyond the memory limit is written.
     spill_dir: Path | None = None
     memory_limit: int | None = None

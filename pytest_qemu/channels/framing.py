@@ -7,7 +7,7 @@ A frame is a 16-byte header and a payload of up to 1 MiB::
 all little-endian. The check covers type, id and length, so that a reader that
 lost step (an agent that died half-way through a request, leaving the rest of
 it to the next agent) finds the next real header instead of taking payload
-bytes for one. The guest side is ``pytest_qemu/guest/files/agent.c``.
+bytes for one. The guest side is ``pytest_qemu/guests/files/agent.c``.
 """
 
 from __future__ import annotations
@@ -83,9 +83,11 @@ def encode_run(
     timeout_ms: int,
     cwd: str = "",
     env: dict[str, str] | None = None,
+    root: str = "",
 ) -> bytes:
-    """A RUN request: timeout (0: none), flags, then NUL-terminated cwd, command, NAME=VALUE."""
-    strings = [cwd, command, *(f"{name}={value}" for name, value in (env or {}).items())]
+    """A RUN request: timeout (0: none), flags, then NUL-terminated root (a directory to
+    chroot into, or empty), cwd, command, NAME=VALUE..."""
+    strings = [root, cwd, command, *(f"{name}={value}" for name, value in (env or {}).items())]
     for text in strings:
         if "\0" in text:
             raise ValueError(f"{text!r} contains a NUL character, which a command cannot hold")

@@ -2,6 +2,7 @@
 
 from pytest_qemu.devices.base import Device, DeviceContext
 from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
+from pytest_qemu.devices.hostroot import HostRoot
 from pytest_qemu.devices.misc import ArbitraryArgs, Disk, VirtioRandom
 from pytest_qemu.devices.network import Network, NetworkInterface, UserNetwork
 
@@ -10,6 +11,7 @@ __all__ = [
     "Device",
     "DeviceContext",
     "Disk",
+    "HostRoot",
     "Network",
     "NetworkInterface",
     "P9Directory",

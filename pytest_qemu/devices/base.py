@@ -69,6 +69,15 @@ class Device(abc.ABC):
         """
         return None
 
+    def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
+        """The names this device takes in the guest, as (kind, name) pairs.
+
+        Two devices of one VM may not take the same name of a kind (two disks
+        with one serial, two shares mounted at one path): one would hide the
+        other. The kinds are free text shown in the error.
+        """
+        return []
+
     def release(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""
 

@@ -94,6 +94,9 @@ def check_fat_directory(directory: Path) -> None:
             )
 
 
+_SECURITY_MODELS = ("mapped-file", "none")
+
+
 def _host_directory(directory: str | os.PathLike[str]) -> Path:
     path = Path(directory).absolute()
     if not path.is_dir():
@@ -108,8 +111,13 @@ class P9Directory(Device):
     9p mount tag is *tag* if given, else the device's QEMU id (``fs0``...). With
     ``boot=True`` it is meant as the guest's root file system and the default
     guest does not mount it. ``read_only=True`` makes the export read-only.
-    Files the guest creates appear on the host with mode 0600, and QEMU keeps
-    their guest-side owner and mode in ``.virtfs_metadata/`` beside them.
+
+    With the default ``security_model="mapped-file"``, files the guest creates
+    appear on the host with mode 0600, and QEMU keeps their guest-side owner
+    and mode in ``.virtfs_metadata/`` beside them. ``security_model="none"``
+    writes files as the user running QEMU, with the modes the guest gives
+    them, and no metadata files: what the host-userland guest uses for
+    directories the host and the guest both work in.
     """
 
     guest_modules = ("virtio_pci", "9p", "9pnet_virtio")
@@ -121,8 +129,15 @@ class P9Directory(Device):
         boot: bool = False,
         read_only: bool = False,
         guest_path: str | None = None,
+        security_model: str = "mapped-file",
     ) -> None:
         self.directory = _host_directory(directory)
+        if security_model not in _SECURITY_MODELS:
+            raise ConfigurationError(
+                f"9p security_model {security_model!r} is not supported: use one of "
+                f"{_SECURITY_MODELS}"
+            )
+        self.security_model = security_model
         self.tag = validate_id(tag, "9p mount tag") if tag is not None else None
         self.name = self.tag or default_names.next("share")
         self.boot = boot
@@ -142,7 +157,7 @@ class P9Directory(Device):
                 "local",
                 id=fsdev,
                 path=str(self.directory),
-                security_model="mapped-file",
+                security_model=self.security_model,
                 readonly=True if self.read_only else None,
             ),
             "-device",
@@ -159,6 +174,10 @@ class P9Directory(Device):
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
         # A root file system is in use from the first instant: it cannot be swapped after restore.
         return None if self.boot else f"9p:{self.mount_tag(ctx)}:{self.read_only}"
+
+    def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
+        names = [("9p mount tag", self.mount_tag(ctx))]
+        return names if self.boot else [*names, ("guest path", self.guest_path)]
 
     def __repr__(self) -> str:
         return f"P9Directory({str(self.directory)!r}, name={self.name!r})"
@@ -224,6 +243,12 @@ class ReadOnlyDirectory(Device):
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
         # The guest reads the serial from the device on every lookup, so it may differ.
         return "fat"
+
+    def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
+        return [
+            ("disk serial (FAT name or Disk serial)", self.name),
+            ("guest path", self.guest_path),
+        ]
 
     def __repr__(self) -> str:
         return f"ReadOnlyDirectory({str(self.directory)!r}, name={self.name!r})"

@@ -111,6 +111,9 @@ class Disk(Device):
             return None
         return f"disk:{self.read_only}:{self.image.stat().st_size}"
 
+    def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
+        return [("disk serial (FAT name or Disk serial)", self.serial)]
+
     def __repr__(self) -> str:
         return (
             f"Disk({str(self.image)!r}, format={self.format!r}, read_only={self.read_only}, "

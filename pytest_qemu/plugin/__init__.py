@@ -13,12 +13,13 @@ from pytest_qemu.plugin.fixtures import (
     qemu_devices,
     qemu_guest,
     qemu_network,
+    qemu_session_vm_factory,
     qemu_settings,
     qemu_vm,
     qemu_vm_factory,
 )
 from pytest_qemu.plugin.options import add_options
-from pytest_qemu.plugin.session import accelerator_choice, factories_key, settings
+from pytest_qemu.plugin.session import QemuSession, factories_key
 from pytest_qemu.vm.machine import kill_all_vms
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "qemu_devices",
     "qemu_guest",
     "qemu_network",
+    "qemu_session_vm_factory",
     "qemu_settings",
     "qemu_vm",
     "qemu_vm_factory",
@@ -40,20 +42,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "qemu(snapshot=True): options for the test's VMs; snapshot=False boots them "
-        "instead of restoring a saved boot",
+        "qemu(snapshot=True, arch=None, userland=None): options for the test's VMs: "
+        "snapshot=False boots them instead of restoring a saved boot; arch='aarch64' "
+        "emulates another architecture; userland='host' runs commands in the host's root",
     )
     try:
-        settings(config)
+        QemuSession.of(config)
     except QemuError as error:
         raise pytest.UsageError(str(error)) from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     """Say once, at the top of the run, which accelerator VMs use and why."""
-    if settings(config).accel == "tcg" and not config.getoption("verbose"):
+    session = QemuSession.of(config)
+    if session.settings.accel == "tcg" and not config.getoption("verbose"):
         return None
-    return f"pytest-qemu: {accelerator_choice(config).notice}"
+    return f"pytest-qemu: {session.accelerator().notice}"
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,54 +1,85 @@
-"""Starting VMs for tests: the default guest, the run's settings, and teardown."""
+"""Starting VMs for tests: which guest, the run's settings, and teardown."""
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
+
+import pytest
 
 from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, concise_traceback
-from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
+from pytest_qemu.guests.base import Guest
+from pytest_qemu.guests.host_userland import HostUserlandGuest
+from pytest_qemu.guests.own import OwnBootFilesGuest
+from pytest_qemu.plugin.options import USERLAND_CHOICES
+from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
 from pytest_qemu.vm.snapshot import SnapshotStore
 
 
 class VMFactory:
-    """Starts VMs on the default guest, or your own kernel and initramfs.
+    """Starts VMs: ``factory(devices=[...], ...)`` returns a running :class:`VM`.
 
-    :meth:`close` ends every VM it started.
+    The keywords (all optional) are those of :class:`MachineSpec` where they
+    overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
+    ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
+    (``"busybox"`` or ``"host"``), ``kernel`` and ``initramfs`` (your own),
+    ``boot_timeout`` (seconds) and ``snapshot`` (``False`` to boot even when
+    snapshots are on). Defaults come from the run's ``--qemu-*`` options.
 
-    Call it as ``qemu_vm_factory(devices=[...], memory=..., kernel=..., initramfs=...,
-    kernel_args=[...], qemu_args=[...], cpus=..., boot_timeout=...)``.
+    :meth:`close` shuts down every VM it started. Build one outside the
+    fixtures with :meth:`from_config`.
     """
 
     def __init__(
         self,
-        guest: DefaultGuest,
-        qemu: str,
-        accelerator: str,
+        session: QemuSession,
         log_root: Path,
-        memory_mb: int = 256,
-        boot_timeout: float = 120.0,
-        kernel: Path | None = None,
-        initramfs: Path | None = None,
-        kernel_args: Sequence[str] = (),
         snapshots: SnapshotStore | None = None,
+        defaults: dict[str, object] | None = None,
+        shared_directories: Iterable[Path] = (),
     ) -> None:
-        self._guest = guest
-        self._snapshots = snapshots
-        self._qemu = qemu
-        self._accelerator = accelerator
+        self._session = session
+        self._shared_directories = tuple(shared_directories)
         self._log_root = log_root
-        self._memory_mb = memory_mb
-        self._boot_timeout = boot_timeout
-        self._kernel = kernel
-        self._initramfs = initramfs
-        self._kernel_args = tuple(kernel_args)
+        self._snapshots = snapshots
+        self._defaults = dict(defaults or {})
         self._lock = threading.Lock()
+        self._host_userland: dict[str, HostUserlandGuest] = {}
+        #: The VMs started so far, in order (the fixtures report their consoles on failure).
         self.vms: list[VM] = []
+
+    @classmethod
+    def from_config(
+        cls,
+        config: pytest.Config,
+        log_root: Path,
+        snapshots: bool = True,
+        defaults: dict[str, object] | None = None,
+    ) -> VMFactory:
+        """A factory using *config*'s ``--qemu-*`` settings, logging under *log_root*.
+
+        ``snapshots=False`` boots every VM even when the run uses snapshots.
+        Host-userland VMs share pytest's temporary directory read-write.
+        """
+        session = QemuSession.of(config)
+        temporary = getattr(config, "_tmp_path_factory", None)
+        return cls(
+            session,
+            log_root,
+            session.snapshot_store() if snapshots else None,
+            defaults,
+            shared_directories=[temporary.getbasetemp()] if temporary is not None else (),
+        )
+
+    @property
+    def guest(self) -> Guest:
+        """The default guest of the run's default architecture."""
+        return self._session.default_guest()
 
     @concise_traceback
     def __call__(
@@ -62,106 +93,72 @@ class VMFactory:
         cpus: int = 1,
         boot_timeout: float | None = None,
         snapshot: bool | None = None,
+        arch: str | None = None,
+        userland: str | None = None,
     ) -> VM:
-        """Start a VM with *devices* and return it once its command agent answers.
-
-        ``snapshot=False`` boots it even when snapshots are on for the run.
-        """
-        if isinstance(kernel_args, str) or isinstance(qemu_args, str):
-            raise ConfigurationError(
-                "kernel_args and qemu_args take a list of arguments, not one string: "
-                f"got {kernel_args!r} / {qemu_args!r}"
-            )
-        # Checked before the guest's files are built, so a typo fails at once.
-        if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
-            raise ConfigurationError(
-                f"devices {devices!r} is not a list of devices: give a list of "
-                "pytest_qemu Device instances, such as [VirtioRandom()]"
-            )
-        device_list = list(devices)
-        for device in device_list:
-            if not isinstance(device, Device):
-                raise ConfigurationError(
-                    f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
-                )
-        if memory is not None and (
-            isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
-        ):
-            raise ConfigurationError(
-                f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
-            )
-        if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
-            raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
-        if boot_timeout is not None and (
-            isinstance(boot_timeout, bool)
-            or not isinstance(boot_timeout, (int, float))
-            or not 0 < boot_timeout < float("inf")
-        ):
-            raise ConfigurationError(
-                f"boot_timeout {boot_timeout!r} is not valid: give a number of seconds "
-                "greater than 0, such as boot_timeout=60"
-            )
-        for name, arguments in (("kernel_args", kernel_args), ("qemu_args", qemu_args)):
-            if not isinstance(arguments, Iterable):
-                raise ConfigurationError(
-                    f"{name} {arguments!r} is not a list of arguments: give a list of str"
-                )
-        kernel_args, qemu_args = list(kernel_args), list(qemu_args)
-        for argument in [*kernel_args, *qemu_args]:
-            if not isinstance(argument, str):
-                raise ConfigurationError(
-                    f"argument {argument!r} is not a string: kernel_args and qemu_args "
-                    "take a list of str"
-                )
-        kernel_path, initramfs_path, all_kernel_args = self._boot_files(
-            device_list, kernel, initramfs, list(kernel_args)
+        """Start a VM and return it once its command channel answers."""
+        arch = arch if arch is not None else _optional_str(self._defaults.get("arch"))
+        userland = userland or _optional_str(self._defaults.get("userland"))
+        device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
+            devices, memory, cpus, boot_timeout, kernel_args, qemu_args
         )
+        settings = self._session.settings
+        guest = self._guest(
+            arch,
+            userland or settings.userland,
+            _existing(kernel, "kernel") or settings.kernel,
+            _existing(initramfs, "initramfs") or settings.initramfs,
+        )
+        platform = guest.platform
+        all_devices = guest.devices(device_list)
+        boot = guest.boot_files(all_devices)
         spec = MachineSpec(
-            qemu=self._qemu,
-            accelerator=self._accelerator,
-            memory_mb=self._memory_mb if memory is None else memory,
+            kernel=boot.kernel,
+            initramfs=boot.initramfs,
+            kernel_args=[*boot.kernel_args, *settings.kernel_args, *kernel_arg_list],
+            devices=all_devices,
+            platform=platform,
+            qemu=settings.resolved_binary(platform),
+            accelerator=self._session.accelerator(platform).accelerator,
+            memory=settings.memory if memory is None else memory,
             cpus=cpus,
-            devices=device_list,
-            extra_args=list(qemu_args),
-            kernel=kernel_path,
-            initramfs=initramfs_path,
-            kernel_args=all_kernel_args,
+            qemu_args=qemu_arg_list,
         )
         with self._lock:
-            log_dir = self._log_root / f"vm{len(self.vms)}"
             vm = VM(
                 spec,
-                log_dir=log_dir,
-                boot_timeout=self._boot_timeout if boot_timeout is None else boot_timeout,
+                log_dir=self._log_root / f"vm{len(self.vms)}",
+                boot_timeout=settings.boot_timeout if boot_timeout is None else boot_timeout,
                 snapshots=self._snapshots if snapshot in (None, True) else None,
+                guest=guest,
             )
             self.vms.append(vm)
         vm.start()
         return vm
 
-    def _boot_files(
-        self,
-        devices: list[Device],
-        kernel: str | os.PathLike[str] | None,
-        initramfs: str | os.PathLike[str] | None,
-        kernel_args: list[str],
-    ) -> tuple[Path, Path, list[str]]:
-        kernel_path = _existing(kernel, "kernel") or self._kernel
-        initramfs_path = _existing(initramfs, "initramfs") or self._initramfs
-        modules = [module for device in devices for module in device.guest_modules]
-        if initramfs_path is None:
-            # The default initramfs carries the host kernel's modules: they fit no other kernel.
-            initramfs_path = self._guest.initramfs(modules if kernel_path is None else None)
-        return (
-            kernel_path or self._guest.kernel_image(),
-            initramfs_path,
-            [*DEFAULT_KERNEL_ARGS, *self._kernel_args, *kernel_args],
-        )
-
-    @property
-    def guest(self) -> DefaultGuest:
-        """The default guest this factory boots (its kernel and initramfs builder)."""
-        return self._guest
+    def _guest(
+        self, arch: str | None, userland: str, kernel: Path | None, initramfs: Path | None
+    ) -> Guest:
+        if userland not in USERLAND_CHOICES:
+            raise ConfigurationError(
+                f"userland {userland!r} is not valid: use one of {USERLAND_CHOICES}"
+            )
+        base = self._session.default_guest(self._session.platform(arch))
+        if userland == "host":
+            if kernel is not None or initramfs is not None:
+                raise ConfigurationError(
+                    "userland='host' boots the default guest's kernel and initramfs: "
+                    "it cannot be combined with your own kernel or initramfs"
+                )
+            with self._lock:
+                if base.platform.name not in self._host_userland:
+                    self._host_userland[base.platform.name] = HostUserlandGuest(
+                        base, self._shared_directories
+                    )
+                return self._host_userland[base.platform.name]
+        if kernel is not None or initramfs is not None:
+            return OwnBootFilesGuest(base, kernel, initramfs)
+        return base
 
     def close(self) -> None:
         """Shut down every VM this factory started."""
@@ -169,6 +166,68 @@ class VMFactory:
             vms, self.vms = list(self.vms), []
         for vm in vms:
             vm.shutdown(timeout=5)
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _checked_arguments(
+    devices: object,
+    memory: object,
+    cpus: object,
+    boot_timeout: object,
+    kernel_args: object,
+    qemu_args: object,
+) -> tuple[list[Device], list[str], list[str]]:
+    """Check the factory's arguments before any guest file is built: a typo fails at once."""
+    if isinstance(kernel_args, str) or isinstance(qemu_args, str):
+        raise ConfigurationError(
+            "kernel_args and qemu_args take a list of arguments, not one string: "
+            f"got {kernel_args!r} / {qemu_args!r}"
+        )
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+        raise ConfigurationError(
+            f"devices {devices!r} is not a list of devices: give a list of "
+            "pytest_qemu Device instances, such as [VirtioRandom()]"
+        )
+    device_list = list(devices)
+    for device in device_list:
+        if not isinstance(device, Device):
+            raise ConfigurationError(
+                f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
+            )
+    if memory is not None and (
+        isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
+    ):
+        raise ConfigurationError(
+            f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
+        )
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
+        raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
+    if boot_timeout is not None and (
+        isinstance(boot_timeout, bool)
+        or not isinstance(boot_timeout, (int, float))
+        or not 0 < boot_timeout < float("inf")
+    ):
+        raise ConfigurationError(
+            f"boot_timeout {boot_timeout!r} is not valid: give a number of seconds "
+            "greater than 0, such as boot_timeout=60"
+        )
+    lists: list[list[str]] = []
+    for name, arguments in (("kernel_args", kernel_args), ("qemu_args", qemu_args)):
+        if not isinstance(arguments, Iterable):
+            raise ConfigurationError(
+                f"{name} {arguments!r} is not a list of arguments: give a list of str"
+            )
+        lists.append(list(arguments))
+    for argument in [*lists[0], *lists[1]]:
+        if not isinstance(argument, str):
+            raise ConfigurationError(
+                f"argument {argument!r} is not a string: kernel_args and qemu_args "
+                "take a list of str"
+            )
+    return device_list, lists[0], lists[1]
 
 
 def _existing(path: str | os.PathLike[str] | None, what: str) -> Path | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -12,15 +11,15 @@ from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
 from pytest_qemu.devices.network import Network
 from pytest_qemu.errors import QemuError
-from pytest_qemu.guest.default import DefaultGuest
+from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import (
-    accelerator_choice,
-    default_guest,
+    QemuSession,
     factories_key,
-    settings,
-    snapshot_store,
+    log_root_for,
+    marker_options,
+    snapshots_wanted,
 )
 from pytest_qemu.vm.machine import VM
 
@@ -28,17 +27,18 @@ from pytest_qemu.vm.machine import VM
 @pytest.fixture(scope="session")
 def qemu_settings(pytestconfig: pytest.Config) -> QemuSettings:
     """The run's QEMU settings, from ``--qemu-*`` options and ``qemu_*`` ini values."""
-    return settings(pytestconfig)
+    return QemuSession.of(pytestconfig).settings
 
 
 @pytest.fixture(scope="session")
 def qemu_guest(pytestconfig: pytest.Config) -> DefaultGuest:
-    """The default guest: the host's kernel plus an initramfs built from busybox-static.
+    """The default guest of the run's architecture: a Debian kernel plus an initramfs
+    built from busybox-static.
 
     Built once and cached on disk (``--qemu-cache-dir``); each VM gets an
     initramfs with just the kernel modules its devices need.
     """
-    return default_guest(pytestconfig)
+    return QemuSession.of(pytestconfig).default_guest()
 
 
 @pytest.fixture
@@ -55,36 +55,18 @@ def qemu_devices() -> Sequence[Device]:
 
 @pytest.fixture
 def qemu_vm_factory(
-    request: pytest.FixtureRequest,
-    qemu_settings: QemuSettings,
-    qemu_guest: DefaultGuest,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VMFactory]:
-    """Start VMs: ``qemu_vm_factory(devices=[...], memory=..., kernel=..., initramfs=...,
-    kernel_args=[...], qemu_args=[...])`` returns a running :class:`~pytest_qemu.VM`.
+    """Start VMs: ``qemu_vm_factory(devices=[...], memory=..., arch=..., userland=...,
+    kernel=..., initramfs=..., kernel_args=[...], qemu_args=[...])`` returns a running
+    :class:`~pytest_qemu.VM`.
 
-    Every VM it started is shut down when the test ends, whatever its outcome.
-    Console logs and QEMU's stderr are kept under the test's temporary directory.
+    The test's ``@pytest.mark.qemu(arch=..., userland=..., snapshot=False)``
+    marker sets defaults for every VM it starts. Every VM it started is shut
+    down when the test ends, whatever its outcome. Console logs and QEMU's
+    stderr are kept under the test's temporary directory.
     """
-    try:
-        qemu = qemu_settings.resolved_binary()
-        accelerator = accelerator_choice(request.config).accelerator
-    except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
-    factory = VMFactory(
-        guest=qemu_guest,
-        qemu=qemu,
-        accelerator=accelerator,
-        log_root=tmp_path_factory.mktemp(
-            "qemu-" + re.sub(r"[^\w.-]", "_", request.node.name)[:30], numbered=True
-        ),
-        memory_mb=qemu_settings.memory_mb,
-        boot_timeout=qemu_settings.boot_timeout,
-        kernel=qemu_settings.kernel,
-        initramfs=qemu_settings.initramfs,
-        kernel_args=qemu_settings.kernel_args,
-        snapshots=snapshot_store(request),
-    )
+    factory = _factory(request, tmp_path_factory)
     request.node.stash.setdefault(factories_key, []).append(factory)
     try:
         yield factory
@@ -92,12 +74,59 @@ def qemu_vm_factory(
         factory.close()
 
 
+@pytest.fixture(scope="session")
+def qemu_session_vm_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VMFactory]:
+    """A session-scoped :class:`~pytest_qemu.VMFactory`, for VMs that many tests share.
+
+    Use it in module- or session-scoped fixtures; a VM is a context manager,
+    shut down when the ``with`` block ends (at the fixture's scope end)::
+
+        @pytest.fixture(scope="module")
+        def server(qemu_session_vm_factory):
+            with qemu_session_vm_factory(devices=[...]) as vm:
+                yield vm
+
+    Whatever is still running at the end of the session is shut down then.
+    """
+    factory = _factory(request, tmp_path_factory)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def _factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VMFactory:
+    session = QemuSession.of(request.config)
+    try:
+        settings = session.settings
+        options = marker_options(request)
+        platform = session.platform(_text(options.get("arch")))
+        settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
+        session.accelerator(platform)
+    except QemuError as error:
+        pytest.fail(str(error), pytrace=False)
+    return VMFactory(
+        session,
+        log_root=log_root_for(request, tmp_path_factory),
+        snapshots=session.snapshot_store() if snapshots_wanted(request) else None,
+        defaults=options,
+        shared_directories=[tmp_path_factory.getbasetemp()],
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 @pytest.fixture
 def qemu_vm(qemu_vm_factory: VMFactory, qemu_devices: Sequence[Device]) -> VM:
     """A running VM on the default guest, with the devices of the ``qemu_devices`` fixture.
 
-    ``qemu_vm.run(cmd)``, ``qemu_vm.check(cmd)``, ``qemu_vm.console``,
-    ``qemu_vm.qmp(...)``. It is shut down at the end of the test.
+    ``qemu_vm.run(cmd)``, ``qemu_vm.check(cmd)``, ``qemu_vm.put(...)``,
+    ``qemu_vm.console``, ``qemu_vm.qmp(...)``. The test's ``qemu`` marker
+    chooses its architecture and userland. It is shut down at the end of the test.
     """
     try:
         return qemu_vm_factory(devices=qemu_devices)

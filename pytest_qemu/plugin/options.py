@@ -12,12 +12,21 @@ import pytest
 
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
+from pytest_qemu.platforms import Platform, get_platform
 
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
+USERLAND_CHOICES = ("busybox", "host")
 
 # (name, help, default): each is --qemu-NAME on the command line and qemu_NAME in the ini file.
 _OPTIONS = (
-    ("binary", "QEMU binary to run", "qemu-system-x86_64"),
+    ("binary", "QEMU binary to run (default: the architecture's qemu-system-*)", ""),
+    ("arch", "guest architecture: x86_64 or aarch64 (default: the host's)", ""),
+    (
+        "userland",
+        "the guest's userland: busybox (hermetic, the default) or host (the host's root, "
+        "read-only)",
+        "busybox",
+    ),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     ("kernel-args", "extra kernel command-line arguments", ""),
@@ -128,11 +137,13 @@ class QemuSettings:
     """The run's QEMU settings, from the command line, the ini file and defaults."""
 
     binary: str
+    arch: str | None
+    userland: str
     kernel: Path | None
     initramfs: Path | None
     kernel_args: tuple[str, ...]
     accel: str
-    memory_mb: int
+    memory: int
     boot_timeout: float
     cache_dir: Path | None
     snapshots: bool
@@ -145,24 +156,35 @@ class QemuSettings:
         snapshots = _value(config, "snapshots")
         if snapshots not in ("on", "off"):
             raise ConfigurationError(f"--qemu-snapshots {snapshots!r} is not 'on' or 'off'")
+        userland = _value(config, "userland")
+        if userland not in USERLAND_CHOICES:
+            raise ConfigurationError(
+                f"--qemu-userland {userland!r} is not one of {USERLAND_CHOICES}"
+            )
+        arch = _value(config, "arch") or None
+        if arch is not None:
+            get_platform(arch)  # a clear error for an unknown architecture, before any test
         return cls(
             binary=_value(config, "binary"),
+            arch=arch,
+            userland=userland,
             kernel=_existing_file(config, "kernel"),
             initramfs=_existing_file(config, "initramfs"),
             kernel_args=_kernel_args(config),
             accel=accel,
-            memory_mb=_memory(config),
+            memory=_memory(config),
             boot_timeout=_number(config, "boot-timeout", float),
             cache_dir=_cache_dir(config),
             snapshots=snapshots == "on",
         )
 
-    def resolved_binary(self) -> str:
-        """The QEMU binary's path; a clear error if it is not installed."""
-        found = shutil.which(self.binary)
+    def resolved_binary(self, platform: Platform) -> str:
+        """The path of the QEMU binary for *platform*; a clear error if it is not installed."""
+        binary = self.binary or platform.qemu_binary
+        found = shutil.which(binary)
         if found is None:
             raise SetupError(
-                f"QEMU binary {self.binary!r} was not found: install it with "
-                "`apt-get install qemu-system-x86`, or name another with --qemu-binary"
+                f"QEMU binary {binary!r} was not found: install it with "
+                f"`apt-get install {platform.qemu_package}`, or name another with --qemu-binary"
             )
         return found

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext
-from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
-from pytest_qemu.devices.misc import Disk
 from pytest_qemu.devices.options import option_string, validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.platforms import Platform, get_platform
 
 ACCELERATORS = ("tcg", "kvm")
 
@@ -25,12 +24,21 @@ class MachineSpec:
     initramfs: Path | None = None
     kernel_args: Sequence[str] = ()
     devices: Sequence[Device] = ()
-    qemu: str = "qemu-system-x86_64"
+    #: The guest architecture: QEMU binary, machine and console come from it.
+    platform: Platform = field(default_factory=get_platform)
+    #: The QEMU binary; None for the platform's.
+    qemu: str | None = None
     accelerator: str = "tcg"
-    memory_mb: int = 256
+    #: Guest memory in MiB.
+    memory: int = 256
     cpus: int = 1
-    machine: str = "pc"
-    extra_args: Sequence[str] = ()
+    #: Extra QEMU arguments, appended last.
+    qemu_args: Sequence[str] = ()
+
+    @property
+    def qemu_binary(self) -> str:
+        """The QEMU binary to run."""
+        return self.qemu or self.platform.qemu_binary
 
     def __post_init__(self) -> None:
         """Refuse what cannot boot, naming the value and what to give instead.
@@ -52,12 +60,12 @@ class MachineSpec:
                 f"cpus {self.cpus!r} is not valid: give a number from 1 to 255"
             )
         if (
-            isinstance(self.memory_mb, bool)
-            or not isinstance(self.memory_mb, int)
-            or not 0 < self.memory_mb <= 1024 * 1024
+            isinstance(self.memory, bool)
+            or not isinstance(self.memory, int)
+            or not 0 < self.memory <= 1024 * 1024
         ):
             raise ConfigurationError(
-                f"memory {self.memory_mb!r} MiB is not valid: "
+                f"memory {self.memory!r} MiB is not valid: "
                 "give a whole number of MiB, at most 1048576"
             )
 
@@ -92,7 +100,7 @@ class MachineSpec:
         needed = (kernel_bytes or 0) + 2 * (initramfs_bytes or 0)
         minimum = -(-needed // mib) + 24 + self.cpus
         minimum = -(-minimum // 8) * 8
-        if self.memory_mb < minimum:
+        if self.memory < minimum:
             parts = []
             if kernel_bytes is not None:
                 parts.append(f"the kernel {self.kernel} needs {kernel_bytes / mib:.1f} MiB")
@@ -103,7 +111,7 @@ class MachineSpec:
                 )
             parts.append(f"the running kernel about 24 MiB and 1 MiB per CPU ({self.cpus})")
             raise ConfigurationError(
-                f"memory {self.memory_mb} MiB is too little for this VM, which needs at least "
+                f"memory {self.memory} MiB is too little for this VM, which needs at least "
                 f"{minimum} MiB: {'; '.join(parts)}. Give memory={minimum} or more "
                 "(--qemu-memory for the whole run)"
             )
@@ -173,28 +181,29 @@ class BuiltCommandLine:
     device_layout: list[str] | None = None
 
 
-def _unique(values: Sequence[str], what: str, devices: Sequence[Device]) -> None:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            raise ConfigurationError(
-                f"two devices use the same {what} {value!r}: "
-                f"give each a different one ({devices!r})"
-            )
-        seen.add(value)
-
-
 def _check_guest_names(devices: Sequence[Device], ctx: DeviceContext) -> None:
-    """Reject two devices with one 9p tag, disk serial or guest path: one would hide the other."""
-    tags = [device.mount_tag(ctx) for device in devices if isinstance(device, P9Directory)]
-    serials = [device.name for device in devices if isinstance(device, ReadOnlyDirectory)]
-    serials += [device.serial for device in devices if isinstance(device, Disk)]
-    paths = [
-        path for device in devices if isinstance(path := getattr(device, "guest_path", None), str)
-    ]
-    _unique(tags, "9p mount tag", devices)
-    _unique(serials, "disk serial (FAT name or Disk serial)", devices)
-    _unique(paths, "guest path", devices)
+    """Reject two devices that take one name in the guest: one would hide the other."""
+    owners: dict[tuple[str, str], Device] = {}
+    for device in devices:
+        for kind, name in device.guest_names(ctx):
+            if (kind, name) in owners:
+                raise ConfigurationError(
+                    f"two devices use the same {kind} {name!r}: give each a different one "
+                    f"({owners[kind, name]!r} and {device!r})"
+                )
+            owners[kind, name] = device
+
+
+def device_layout(devices: Sequence[Device]) -> list[str] | None:
+    """What the guest sees of *devices*, for keying snapshots; None if one cannot be saved."""
+    ctx = DeviceContext()
+    layout: list[str] = []
+    for device in devices:
+        part = device.snapshot_layout(ctx)
+        if part is None:
+            return None
+        layout.append(part)
+    return layout
 
 
 def build_command_line(
@@ -240,16 +249,16 @@ def build_command_line(
         )
 
     argv = [
-        spec.qemu,
+        spec.qemu_binary,
         "-name", "pytest-qemu",
-        "-machine", spec.machine,
+        *spec.platform.machine_args,
         "-accel", spec.accelerator,
         "-nodefaults",
         "-no-user-config",
         "-display", "none",
         # Guest reboot or panic ends QEMU, so a crashed guest is reported at once.
         "-no-reboot",
-        "-m", str(spec.memory_mb),
+        "-m", str(spec.memory),
         "-smp", str(spec.cpus),
         "-kernel", str(spec.kernel),
     ]  # fmt: skip
@@ -268,7 +277,7 @@ def build_command_line(
     ]  # fmt: skip
     argv += channel_args
     argv += device_args
-    argv += list(spec.extra_args)
+    argv += list(spec.qemu_args)
     if incoming is not None:
         # QEMU runs exec: URIs with /bin/sh.
         argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]

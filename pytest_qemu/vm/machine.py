@@ -10,16 +10,12 @@ import shlex
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 import time
-import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from qemu.qmp import QMPError
 
 from pytest_qemu.channels.agent import AgentChannel
 from pytest_qemu.channels.base import (
@@ -46,49 +42,23 @@ from pytest_qemu.errors import (
     VMExited,
     concise_traceback,
 )
+from pytest_qemu.guests.base import Guest, personalise_command
 from pytest_qemu.sockets import connect_unix
-from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
+from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line, device_layout
 from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.process import spawn
 from pytest_qemu.vm.qmp import QMPConnection
+from pytest_qemu.vm.rundir import make_run_directory
 from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
+from pytest_qemu.vm.snapshotting import start_from_snapshot
 
 _SOCKET_WAIT = 10.0
-#: A restore answers in well under a second; past this, boot instead.
-_RESTORE_TIMEOUT = 30.0
-_SAVE_TIMEOUT = 60.0
-#: QMP run states of a restore still under way; any other but "running" means it failed.
-_RESTORING_STATES = ("inmigrate", "prelaunch", "restore-vm", "finish-migrate")
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
-
-
-class SnapshotWarning(UserWarning):
-    """A snapshot could not be saved or restored; the VM booted instead."""
 
 
 class GuestSetupError(VMError):
     """The guest could not apply the VM's settings (a mount or an address failed)."""
-
-
-class _RestoreFailed(Exception):
-    """A restore did not work; the VM boots instead (never seen by users)."""
-
-
-_SOCKET_DIR_PREFIX = "pytest-qemu-vm-"
-_swept = False
-
-
-def _sweep_orphan_socket_dirs() -> None:
-    """Remove socket directories left by processes that were killed (once per process)."""
-    global _swept
-    if _swept:
-        return
-    _swept = True
-    for directory in Path(tempfile.gettempdir()).glob(f"{_SOCKET_DIR_PREFIX}*-*"):
-        owner = directory.name[len(_SOCKET_DIR_PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _which(qemu: str) -> Path:
@@ -121,33 +91,35 @@ class VM:
         log_dir: Path | None = None,
         boot_timeout: float = 120.0,
         snapshots: SnapshotStore | None = None,
+        guest: Guest | None = None,
     ) -> None:
         self.spec = spec
         self.boot_timeout = boot_timeout
-        # UNIX socket paths are limited to 108 bytes: keep them out of deep tmp_path trees.
-        _sweep_orphan_socket_dirs()
-        self._socket_dir = Path(tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-"))
+        #: The kind of guest: it provides the command channel and the personalisation.
+        self.guest = guest
+        self._socket_dir = make_run_directory()
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
-        self._channel: CommandChannel = AgentChannel(self._socket_dir)
+        self._channel = self._new_channel()
         self._snapshot: Snapshot | None = None
         try:
+            layout = device_layout(spec.devices) if snapshots is not None else None
             built = build_command_line(
                 spec,
                 self._paths,
                 channel_args=self._channel.qemu_args(),
-                setup_on_kernel_command_line=snapshots is None,
+                # Settings go on the kernel command line unless the VM is personalised later.
+                setup_on_kernel_command_line=layout is None,
             )
-            if snapshots is not None and built.device_layout is not None:
-                key = snapshot_key(spec, _which(spec.qemu), built.kernel_args, built.device_layout)
-                self._snapshot = snapshots.get(key)
-            elif snapshots is not None:
-                # A device that cannot be snapshotted: boot with the settings on the kernel
-                # command line, as without snapshots.
-                built = build_command_line(
-                    spec, self._paths, channel_args=self._channel.qemu_args()
+            if snapshots is not None and layout is not None:
+                key = snapshot_key(
+                    spec,
+                    _which(spec.qemu_binary),
+                    [*built.kernel_args, *(guest.snapshot_key_parts if guest else ())],
+                    layout,
                 )
+                self._snapshot = snapshots.get(key)
         except BaseException:
             # No VM will exist to free these at teardown.
             for device in spec.devices:
@@ -185,93 +157,22 @@ class VM:
                 self._boot(started)
                 self._check_boot_setup()
             else:
-                self._start_from_snapshot(self._snapshot, started)
+                start_from_snapshot(self, self._snapshot, started)
         except BaseException:
             self.kill()
             raise
         self.boot_seconds = time.monotonic() - started
         return self
 
-    def _start_from_snapshot(self, snapshot: Snapshot, started: float) -> None:
-        if snapshot.exists() and self._restore(snapshot):
-            return
-        # One process boots and saves; the others wait here, then restore what it saved.
-        with snapshot.building():
-            built_here = not snapshot.exists()
-            if built_here:
-                self._boot(started)
-                self._save(snapshot)
-        if built_here:
-            self._personalise()
-        elif not self._restore(snapshot):
-            # Waiting for the builder may have taken a while: give the boot its full time.
-            self._boot(time.monotonic())
-            self._personalise()
-
     def _boot(self, started: float) -> None:
         """Launch QEMU on :attr:`argv` and wait for the channel, within the boot timeout."""
         self._launch(self.argv, console_prefix=None)
         self._wait_until_ready(started + self.boot_timeout, resumed=False)
 
-    def _restore(self, snapshot: Snapshot) -> bool:
-        """Restore *snapshot* and personalise it; on failure warn, clean up and return False.
-
-        A failure caused by the user's set-up (a disk another VM holds) is
-        raised instead: booting would fail the same way, and the snapshot is fine.
-        """
-        argv = build_command_line(
-            self.spec,
-            self._paths,
-            channel_args=self._channel.qemu_args(),
-            setup_on_kernel_command_line=False,
-            incoming=snapshot.state,
-        ).argv
-        try:
-            self._launch(argv, console_prefix=snapshot.console)
-            deadline = time.monotonic() + min(self.boot_timeout, _RESTORE_TIMEOUT)
-            self._wait_until_restored(deadline)
-            self._wait_until_ready(deadline, resumed=True)
-        except (_RestoreFailed, VMError, OSError) as error:
-            stderr = self._stderr_tail()
-            self._stop_process()
-            if (explanation := user_error(stderr)) is not None:
-                raise VMExited(
-                    self.failure_report(f"QEMU refused to start: {explanation}", argv)
-                ) from None
-            snapshot.discard()
-            warnings.warn(
-                SnapshotWarning(
-                    f"restoring snapshot {snapshot.state} failed, booting instead: "
-                    f"{str(error).splitlines()[0]}"
-                    + (f"\nQEMU stderr:\n{stderr}" if stderr else "")
-                ),
-                stacklevel=4,
-            )
-            return False
-        self.argv = argv
-        self.restored_from = snapshot.state
-        snapshot.mark_used()
-        self._personalise()
-        return True
-
-    def _wait_until_restored(self, deadline: float) -> None:
-        """Wait for QMP to report the restored guest running; fail at once if it cannot."""
-        launched = self._launched
-        assert launched is not None
-        while True:
-            try:
-                status = launched.qmp.execute("query-status", None, 10)["status"]
-            except (QMPError, OSError, TimeoutError) as error:
-                raise _RestoreFailed(
-                    f"QEMU stopped answering during the restore ({error})"
-                ) from None
-            if status == "running":
-                return
-            if status not in _RESTORING_STATES:
-                raise _RestoreFailed(f"the restored VM is {status!r}, not running")
-            if time.monotonic() > deadline or launched.process.poll() is not None:
-                raise _RestoreFailed(f"the snapshot was not restored in time (state {status!r})")
-            time.sleep(0.005)
+    def _new_channel(self) -> CommandChannel:
+        if self.guest is not None:
+            return self.guest.channel(self._socket_dir)
+        return AgentChannel(self._socket_dir)
 
     def _launch(self, argv: list[str], console_prefix: Path | None) -> None:
         with self._paths.console_log.open("wb") as console:
@@ -341,54 +242,14 @@ class VM:
             headline = f"QEMU exited while the VM was starting: {headline}"
         return VMExited(self.failure_report(headline))
 
-    def _save(self, snapshot: Snapshot) -> None:
-        """Save this just-booted VM as *snapshot*, then let it run on."""
-        assert self._launched is not None
-        qmp = self._launched.qmp
-        partial = snapshot.partial_path()
-        status = "not started"
-        try:
-            qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
-            deadline = time.monotonic() + _SAVE_TIMEOUT
-            while (status := qmp.execute("query-migrate", None, 30).get("status")) not in (
-                "completed",
-                "failed",
-                "cancelled",
-            ):
-                if time.monotonic() > deadline:
-                    qmp.execute("migrate_cancel", None, 30)
-                    status = "timed out"
-                    break
-                time.sleep(0.02)
-            # After a migration the source VM is paused; this VM carries on as the test's VM.
-            qmp.execute("cont", None, 30)
-            if status == "completed":
-                snapshot.publish(partial, self.console_log)
-        except QMPError as error:
-            # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
-            status = str(error)
-            with contextlib.suppress(QMPError):
-                qmp.execute("cont", None, 30)
-        finally:
-            # Also on Ctrl-C: a half-written state must not stay in the cache.
-            partial.unlink(missing_ok=True)
-        if status != "completed":
-            warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
-
     def _personalise(self) -> None:
         """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
-        script = f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom"
-        if self.spec.devices:
-            # Disks were probed before the save: drop what the guest cached of them and
-            # read their partition tables afresh. Then mount and address.
-            setup = " ".join(shlex.quote(argument) for argument in self._setup_args)
-            script += (
-                "; echo 3 >/proc/sys/vm/drop_caches"
-                '; for disk in /sys/block/vd*; do [ -e "$disk" ] &&'
-                " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
-                f"; /etc/pytest-qemu/setup {setup}"
-            )
-        result = self.run(script, timeout=60, input=os.urandom(64))
+        with_devices = bool(self.spec.devices)
+        if self.guest is not None:
+            command = self.guest.personalise_command(self._setup_args, with_devices)
+        else:
+            command = personalise_command(self._setup_args, with_devices)
+        result = self.run(command, timeout=60, input=os.urandom(64))
         if result.returncode != 0:
             raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
 
@@ -458,7 +319,8 @@ class VM:
                 launched.process.wait()
             launched.qmp.close()
         self._channel.close()
-        self._channel = AgentChannel(self._socket_dir)
+        # A fresh channel for a second launch (a restore that fell back to a boot).
+        self._channel = self._new_channel()
         for path in self._socket_dir.glob("*.sock"):
             path.unlink(missing_ok=True)
 
@@ -530,7 +392,7 @@ class VM:
             stdin=input.encode() if isinstance(input, str) else bytes(input),
             timeout=timeout,
             env=dict(env or {}),
-            cwd=cwd or "",
+            cwd=cwd or (self.guest.default_cwd if self.guest is not None else ""),
             spill_dir=self.log_dir,
         )
         try:

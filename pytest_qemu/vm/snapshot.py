@@ -18,7 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_qemu.guest.cache import cache_key, file_fingerprint
+from pytest_qemu.guests.cache import cache_key, file_fingerprint
 from pytest_qemu.vm.argv import MachineSpec
 
 _FORMAT_VERSION = "2"
@@ -33,13 +33,14 @@ def snapshot_key(
         file_fingerprint(qemu_path),
         file_fingerprint(spec.kernel),
         file_fingerprint(spec.initramfs) if spec.initramfs else "-",
-        spec.machine,
+        spec.platform.name,
+        "\0".join(spec.platform.machine_args),
         spec.accelerator,
-        str(spec.memory_mb),
+        str(spec.memory),
         str(spec.cpus),
         "\0".join(kernel_args),
         "\0".join(layout),
-        "\0".join(spec.extra_args),
+        "\0".join(spec.qemu_args),
     ]
     return cache_key(parts)
 

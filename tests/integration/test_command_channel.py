@@ -18,7 +18,7 @@ from pytest_qemu import (
     ConfigurationError,
     TransferFailed,
 )
-from pytest_qemu.guest.cpio import CpioWriter
+from pytest_qemu.guests.cpio import CpioWriter
 from pytest_qemu.plugin.factory import VMFactory
 
 pytestmark = pytest.mark.vm

@@ -10,10 +10,10 @@ import pytest
 
 from pytest_qemu import VM, Disk, MachineSpec, Network, P9Directory, VirtioRandom
 from pytest_qemu.devices.base import Device
-from pytest_qemu.guest.default import DEFAULT_KERNEL_ARGS, DefaultGuest
-from pytest_qemu.plugin.session import accelerator_choice, default_guest
-from pytest_qemu.vm.machine import SnapshotWarning
+from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS
+from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.snapshot import SnapshotStore
+from pytest_qemu.vm.snapshotting import SnapshotWarning
 
 pytestmark = pytest.mark.vm
 
@@ -23,8 +23,9 @@ StartVM = Callable[[list[Device]], VM]
 @pytest.fixture
 def start_vm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartVM]:
     """Starts VMs on the default guest with a snapshot store private to this test."""
-    guest: DefaultGuest = default_guest(request.config)
-    accelerator = accelerator_choice(request.config).accelerator
+    session = QemuSession.of(request.config)
+    guest = session.default_guest()
+    accelerator = session.accelerator().accelerator
     store = SnapshotStore(tmp_path / "snapshots")
     vms: list[VM] = []
 

@@ -7,30 +7,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_qemu import VM, CommandFailed, CommandTimeout
-from pytest_qemu.plugin.factory import VMFactory
+from pytest_qemu import VM, CommandFailed, CommandTimeout, VMFactory
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def shared_vm(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VM]:
+def shared_vm(qemu_session_vm_factory: VMFactory) -> Iterator[VM]:
     # One VM for the many small checks below: boots are the slow part under TCG.
-    from pytest_qemu.plugin.session import accelerator_choice, default_guest, settings
-
-    config = request.config
-    factory = VMFactory(
-        guest=default_guest(config),
-        qemu=settings(config).resolved_binary(),
-        accelerator=accelerator_choice(config).accelerator,
-        log_root=tmp_path_factory.mktemp("shared-vm"),
-    )
-    try:
-        yield factory()
-    finally:
-        factory.close()
+    with qemu_session_vm_factory() as vm:
+        yield vm
 
 
 def test_streams_and_status_are_separate(shared_vm: VM) -> None:

@@ -85,7 +85,7 @@ def test_ini_options_are_read(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         def test_settings(qemu_settings):
-            assert qemu_settings.memory_mb == 384
+            assert qemu_settings.memory == 384
             assert qemu_settings.accel == "tcg"
         """
     )

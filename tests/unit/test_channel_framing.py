@@ -69,7 +69,7 @@ def test_streams_are_chunked_and_end_with_an_empty_frame() -> None:
 def test_run_requests_carry_timeout_cwd_command_and_environment() -> None:
     (frame,) = frames_of(encode_run(5, "echo hi", 1500, "/tmp", {"A": "1 2"}), 1000)
     assert frame.type == FrameType.RUN and frame.request_id == 5
-    assert frame.payload == struct.pack("<II", 1500, 0) + b"/tmp\0echo hi\0A=1 2\0"
+    assert frame.payload == struct.pack("<II", 1500, 0) + b"\0/tmp\0echo hi\0A=1 2\0"
     with pytest.raises(ValueError, match="NUL"):
         encode_run(6, "a\0b", 0)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu.guest.cpio import CpioWriter
+from pytest_qemu.guests.cpio import CpioWriter
 
 # -- a minimal independent newc reader ------------------------------------------
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from pytest_qemu.guest.modules import (
+from pytest_qemu.guests.modules import (
     SOFT_DEPENDENCIES,
     KernelModule,
     ModuleError,

@@ -10,9 +10,9 @@ import pytest
 
 from pytest_qemu import ConfigurationError, MachineSpec, VirtioRandom
 from pytest_qemu.devices.options import validate_kernel_argument
-from pytest_qemu.guest.cache import BuildCache
-from pytest_qemu.guest.default import DefaultGuest
 from pytest_qemu.plugin.factory import VMFactory
+from pytest_qemu.plugin.session import QemuSession
+from tests.helpers import make_settings
 
 MIB = 1024 * 1024
 
@@ -42,13 +42,13 @@ def test_64_mib_is_refused_for_a_debian_sized_kernel(tmp_path: Path) -> None:
     kernel = sized_file(tmp_path / "vmlinux", 65_906_612)
     initramfs = sized_file(tmp_path / "initramfs.cpio", 3_435_188)
     with pytest.raises(ConfigurationError) as error:
-        MachineSpec(kernel=kernel, initramfs=initramfs, memory_mb=64)
+        MachineSpec(kernel=kernel, initramfs=initramfs, memory=64)
     message = str(error.value)
     assert "memory 64 MiB" in message
     assert "at least 96 MiB" in message
     assert str(kernel) in message and str(initramfs) in message
     assert "62.9 MiB" in message and "unpacks" in message
-    MachineSpec(kernel=kernel, initramfs=initramfs, memory_mb=96)
+    MachineSpec(kernel=kernel, initramfs=initramfs, memory=96)
 
 
 def test_the_minimum_follows_kernel_initramfs_and_cpus(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_the_minimum_follows_kernel_initramfs_and_cpus(tmp_path: Path) -> None:
 
     def minimum(**options: object) -> int:
         with pytest.raises(ConfigurationError, match=r"at least (\d+) MiB") as error:
-            MachineSpec(kernel=kernel, initramfs=initramfs, memory_mb=17, **options)  # type: ignore[arg-type]
+            MachineSpec(kernel=kernel, initramfs=initramfs, memory=17, **options)  # type: ignore[arg-type]
         found = re.search(r"at least (\d+) MiB", str(error.value))
         assert found is not None
         return int(found.group(1))
@@ -72,14 +72,14 @@ def test_the_minimum_follows_kernel_initramfs_and_cpus(tmp_path: Path) -> None:
 def test_a_bzimage_is_measured_by_what_it_unpacks_to(tmp_path: Path) -> None:
     kernel = bzimage(tmp_path / "vmlinuz", file_size=8 * MIB, init_size=64 * MIB)
     with pytest.raises(ConfigurationError, match=r"at least 96 MiB.*needs 64\.0 MiB"):
-        MachineSpec(kernel=kernel, memory_mb=88)
-    MachineSpec(kernel=kernel, memory_mb=96)
+        MachineSpec(kernel=kernel, memory=88)
+    MachineSpec(kernel=kernel, memory=96)
 
 
 @pytest.mark.parametrize("memory", ["512", 512.0, True, 0, -1, 2 * 1024 * 1024])
 def test_memory_of_the_wrong_type_or_range_is_refused(tmp_path: Path, memory: object) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(f"memory {memory!r} MiB is not valid")):
-        MachineSpec(kernel=tmp_path / "vmlinux", memory_mb=memory)  # type: ignore[arg-type]
+        MachineSpec(kernel=tmp_path / "vmlinux", memory=memory)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("cpus", ["2", 2.0, True, 0, 256])
@@ -140,12 +140,7 @@ def test_machine_spec_refuses_a_string_of_devices(tmp_path: Path) -> None:
 
 @pytest.fixture
 def factory(tmp_path: Path) -> VMFactory:
-    return VMFactory(
-        guest=DefaultGuest(BuildCache(tmp_path / "cache")),
-        qemu="qemu-system-x86_64",
-        accelerator="tcg",
-        log_root=tmp_path / "logs",
-    )
+    return VMFactory(QemuSession(make_settings(tmp_path / "cache")), log_root=tmp_path / "logs")
 
 
 @pytest.mark.parametrize(

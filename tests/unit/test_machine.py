@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_qemu import VM, MachineSpec
-from pytest_qemu.vm import machine
+from pytest_qemu.vm import machine, rundir, snapshotting
 
 
 def dead_pid() -> int:
@@ -26,7 +26,7 @@ def test_socket_directories_of_killed_processes_are_swept(
     orphan = Path(tempfile.mkdtemp(prefix=f"pytest-qemu-vm-{dead_pid()}-"))
     (orphan / "qmp.sock").touch()
     mine = Path(tempfile.mkdtemp(prefix=f"pytest-qemu-vm-{os.getpid()}-"))
-    monkeypatch.setattr(machine, "_swept", False)
+    monkeypatch.setattr(rundir, "_swept", False)
     vm = VM(MachineSpec(kernel=tmp_path / "vmlinux"), log_dir=tmp_path / "logs")
     try:
         assert not orphan.exists()
@@ -65,7 +65,7 @@ def test_ctrl_c_during_a_snapshot_save_leaves_no_partial_file(tmp_path: Path) ->
     vm._launched = machine._Launch(finished, _InterruptedSave(snapshot.partial_path()))  # type: ignore[arg-type]
     try:
         with pytest.raises(KeyboardInterrupt):
-            vm._save(snapshot)
+            snapshotting._save(vm, snapshot)
         assert not snapshot.partial_path().exists()
         assert not snapshot.exists()
     finally:

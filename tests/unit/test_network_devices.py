@@ -167,7 +167,7 @@ def test_clashing_names_are_rejected(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"memory_mb": 16}, "memory 16 MiB"),
+        ({"memory": 16}, "memory 16 MiB"),
         ({"cpus": 0}, "cpus 0"),
         ({"accelerator": "hax"}, "accelerator 'hax'"),
         ({"devices": ["-device virtio-rng-pci"]}, "is not a pytest_qemu Device"),

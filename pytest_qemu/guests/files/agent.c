@@ -261,7 +261,7 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         return;
     }
     uint32_t timeout_ms = get32(payload);
-    /* Then NUL-terminated strings: working directory, command, NAME=VALUE... */
+    /* Then NUL-terminated strings: root, working directory, command, NAME=VALUE... */
     const char *strings = (const char *)payload + 8;
     const char *end = (const char *)payload + len;
     if (end[-1] != 0 && len > 8) {
@@ -269,7 +269,8 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         send_error(id, "%sa malformed RUN request: %s", "");
         return;
     }
-    const char *cwd = strings;
+    const char *root = strings;
+    const char *cwd = root + strlen(root) + 1;
     const char *command = cwd + strlen(cwd) + 1;
     if (command >= end) {
         errno = EINVAL;
@@ -312,6 +313,10 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         dup2(in[0], 0);
         dup2(out[1], 1);
         dup2(err[1], 2);
+        if (*root && (chroot(root) < 0 || (!*cwd && chdir("/") < 0))) {
+            dprintf(2, "pytest-qemu: cannot change the root to %s: %s\n", root, strerror(errno));
+            _exit(126);
+        }
         if (*cwd && chdir(cwd) < 0) {
             dprintf(2, "pytest-qemu: cannot change to directory %s: %s\n", cwd, strerror(errno));
             _exit(126);

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu.guest import kernel as kernel_mod
-from pytest_qemu.guest.kernel import (
+from pytest_qemu.platforms import kernel as kernel_mod
+from pytest_qemu.platforms.kernel import (
     HostKernel,
     KernelError,
     KernelNotFoundError,

@@ -12,24 +12,27 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_qemu.errors import SetupError
-from pytest_qemu.guest.cache import BuildCache, cache_key, file_fingerprint
-from pytest_qemu.guest.initramfs import guest_script
+from pytest_qemu.guests.cache import BuildCache, cache_key, file_fingerprint
+from pytest_qemu.guests.initramfs import guest_script
+from pytest_qemu.platforms import Platform
 
 AGENT_SOURCE = "agent.c"
 _FLAGS = ("-static", "-O2", "-Wall", "-s")
 
 
-def build_agent(cache: BuildCache, compiler: str = "cc") -> Path:
-    """The agent binary for the host's architecture, compiled with *compiler* if not cached."""
+def build_agent(cache: BuildCache, platform: Platform) -> Path:
+    """The agent binary for *platform*, compiled with its C compiler if not cached."""
+    compiler = platform.compiler
     found = shutil.which(compiler)
     if found is None:
         raise SetupError(
-            f"the C compiler {compiler!r} was not found: the default guest's command agent is "
-            "compiled on first use; install it with `apt-get install gcc libc6-dev`"
+            f"the C compiler {compiler!r} for {platform.name} guests was not found: the "
+            "default guest's command agent is compiled on first use; install it with "
+            f"`apt-get install {' '.join(platform.compiler_packages)}`"
         )
     compiler_path = Path(found).resolve()
     source = guest_script(AGENT_SOURCE)
-    key = cache_key(["1", source, file_fingerprint(compiler_path), *_FLAGS])
+    key = cache_key(["1", platform.name, source, file_fingerprint(compiler_path), *_FLAGS])
 
     def build(out: BinaryIO) -> None:
         out.close()
@@ -47,7 +50,8 @@ def build_agent(cache: BuildCache, compiler: str = "cc") -> Path:
         if result.returncode != 0:
             raise SetupError(
                 f"compiling the guest agent with {compiler_path} failed (a static C library is "
-                "needed: `apt-get install libc6-dev`):\n" + result.stderr.strip()[-3000:]
+                f"needed: `apt-get install {' '.join(platform.compiler_packages)}`):\n"
+                + result.stderr.strip()[-3000:]
             )
 
     return cache.get("agents", key, "", build)

@@ -1,4 +1,4 @@
-"""Locate the host's kernel and turn its bzImage into a bootable vmlinux.
+"""Find a kernel and its modules, and turn a compressed x86 bzImage into a bootable vmlinux.
 
 QEMU's ``-kernel`` can boot an uncompressed ELF ``vmlinux`` directly through
 its PVH entry point, skipping the real-mode setup and in-guest decompression

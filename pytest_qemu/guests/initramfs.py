@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_qemu.errors import SetupError
-from pytest_qemu.guest.cpio import CpioWriter
-from pytest_qemu.guest.modules import KernelModule
+from pytest_qemu.guests.cpio import CpioWriter
+from pytest_qemu.guests.modules import KernelModule
 
-#: The guest scripts shipped in pytest_qemu/guest/files, and where they go in the guest.
+#: The guest scripts shipped in pytest_qemu/guests/files, and where they go in the guest.
 GUEST_SCRIPTS = {
     "init": "init",
     "setup": "etc/pytest-qemu/setup",
@@ -47,7 +47,7 @@ def busybox_applets(busybox: Path) -> list[str]:
 
 def guest_script(name: str) -> bytes:
     """The text of one of the guest scripts shipped with the package."""
-    return resources.files("pytest_qemu.guest").joinpath("files").joinpath(name).read_bytes()
+    return resources.files("pytest_qemu.guests").joinpath("files").joinpath(name).read_bytes()
 
 
 def write_initramfs(

@@ -1,0 +1,44 @@
+"""The host's root file system, shared read-only for the host-userland guest."""
+
+from __future__ import annotations
+
+from pytest_qemu.devices.base import Device, DeviceContext
+from pytest_qemu.devices.options import option_string
+
+#: Where the guest mounts the host's root; commands run chrooted into it.
+HOST_ROOT_GUEST_PATH = "/host"
+_TAG = "hostroot"
+
+
+class HostRoot(Device):
+    """The host's ``/``, exported read-only over virtio-9p (``security_model=none``).
+
+    The default guest mounts it at ``/host`` with ``cache=loose`` (the fastest
+    for a tree nobody changes while the VM runs) and gives it its own
+    ``/proc``, ``/sys`` and ``/dev`` and writable tmpfs on ``/tmp``, ``/run``,
+    ``/var/tmp``, ``/root`` and ``/home``. The host's files can never be
+    written through it.
+    """
+
+    guest_modules = ("virtio_pci", "9p", "9pnet_virtio")
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        fsdev = ctx.id_for(self, "hostfs")
+        return [
+            "-fsdev",
+            option_string("local", id=fsdev, path="/", security_model="none", readonly=True),
+            "-device",
+            option_string("virtio-9p-pci", fsdev=fsdev, mount_tag=_TAG),
+        ]
+
+    def kernel_args(self, ctx: DeviceContext) -> list[str]:
+        return [f"pytest_qemu.hostroot={_TAG},{HOST_ROOT_GUEST_PATH}"]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        return "hostroot"
+
+    def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
+        return [("9p mount tag", _TAG), ("guest path", HOST_ROOT_GUEST_PATH)]
+
+    def __repr__(self) -> str:
+        return "HostRoot()"

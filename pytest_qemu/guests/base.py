@@ -1,0 +1,82 @@
+"""The :class:`Guest` interface: what a VM boots, how it is reached and made its own.
+
+A guest turns a VM's devices into boot files (kernel, initramfs, kernel
+arguments), chooses the command channel that reaches it, and says how a VM
+restored from a snapshot is personalised. The default busybox guest, the
+host-userland guest and a user's own kernel and initramfs are implementations;
+each is a module beside this one.
+"""
+
+from __future__ import annotations
+
+import abc
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.devices.base import Device
+from pytest_qemu.platforms import Platform
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    """What QEMU boots: a kernel, an optional initramfs, and the guest's kernel arguments."""
+
+    kernel: Path
+    initramfs: Path | None
+    kernel_args: tuple[str, ...]
+
+
+class Guest(abc.ABC):
+    """A kind of guest system. One object serves every VM of that kind in a run."""
+
+    #: The architecture this guest runs on.
+    platform: Platform
+
+    @property
+    def default_cwd(self) -> str:
+        """Where commands run when they name no directory ("": the channel's default)."""
+        return ""
+
+    @abc.abstractmethod
+    def boot_files(self, devices: Sequence[Device]) -> BootFiles:
+        """The files to boot for a VM with *devices* (built and cached as needed)."""
+
+    @abc.abstractmethod
+    def channel(self, socket_dir: Path) -> CommandChannel:
+        """A new, unconnected command channel for one VM, its sockets in *socket_dir*."""
+
+    def devices(self, requested: Sequence[Device]) -> list[Device]:
+        """The VM's devices: *requested* plus any this kind of guest always needs."""
+        return list(requested)
+
+    def personalise_command(self, setup_args: Sequence[str], with_devices: bool) -> str:
+        """A shell command that makes a VM restored from a snapshot this VM's own."""
+        return personalise_command(setup_args, with_devices)
+
+    @property
+    def snapshot_key_parts(self) -> tuple[str, ...]:
+        """What, besides the boot files and devices, makes this guest's snapshots differ."""
+        return (type(self).__name__,)
+
+
+def personalise_command(setup_args: Sequence[str], with_devices: bool) -> str:
+    """The default guest's personalisation, as a shell command for its agent.
+
+    It sets the clock, adds entropy (sent on its stdin), and, with devices,
+    drops cached disk contents, rereads partition tables and applies
+    *setup_args* (mounts, addresses) with the guest's setup script.
+    """
+    script = f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom"
+    if with_devices:
+        setup = " ".join(shlex.quote(argument) for argument in setup_args)
+        script += (
+            "; echo 3 >/proc/sys/vm/drop_caches"
+            '; for disk in /sys/block/vd*; do [ -e "$disk" ] &&'
+            " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
+            f"; /etc/pytest-qemu/setup {setup}"
+        )
+    return script

@@ -1,0 +1,161 @@
+"""The default guest: a Debian kernel and an initramfs the plugin writes itself.
+
+The userland is ``busybox-static``; the guest's init, setup script and command
+agent come from ``files/``. Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from pytest_qemu.channels.agent import AgentChannel
+from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.devices.base import Device
+from pytest_qemu.guests.agent_build import build_agent
+from pytest_qemu.guests.base import BootFiles, Guest
+from pytest_qemu.guests.cache import BuildCache, cache_key, file_fingerprint
+from pytest_qemu.guests.initramfs import (
+    GUEST_SCRIPTS,
+    busybox_applets,
+    find_busybox,
+    guest_script,
+    write_initramfs,
+)
+from pytest_qemu.guests.modules import ModuleIndex
+from pytest_qemu.platforms import Platform, get_platform
+from pytest_qemu.platforms.kernel import HostKernel, find_host_kernel
+
+#: Modules every default guest loads: the PCI transport and the agent's serial port.
+BASE_MODULES = ("virtio_pci", "virtio_console")
+
+#: Bump when the initramfs layout changes, so old cache entries are not reused.
+_FORMAT_VERSION = "1"
+
+
+def default_kernel_args(platform: Platform) -> tuple[str, ...]:
+    """The default guest's kernel arguments on *platform*.
+
+    panic=-1 with QEMU's -no-reboot turns a guest panic into a QEMU exit, which
+    the VM reports at once instead of timing out.
+    """
+    return (f"console={platform.console}", "panic=-1", "rdinit=/init", "quiet",
+            *platform.kernel_args)  # fmt: skip
+
+
+#: The default guest's kernel arguments on the host's architecture.
+DEFAULT_KERNEL_ARGS = default_kernel_args(get_platform())
+
+
+class DefaultGuest(Guest):
+    """The default guest, built once and kept in a :class:`BuildCache`.
+
+    The kernel is the platform's newest kernel, booted in the fastest form the
+    platform can make of it (an uncompressed PVH ``vmlinux`` on x86-64). Each
+    VM's initramfs holds only the modules its devices need.
+    """
+
+    def __init__(
+        self,
+        cache: BuildCache,
+        host_kernel: HostKernel | None = None,
+        platform: Platform | None = None,
+    ) -> None:
+        self.platform = platform or get_platform()
+        self._cache = cache
+        self._host_kernel = host_kernel
+        self._lock = threading.Lock()
+        self._modules: ModuleIndex | None = None
+        self._initramfs_paths: dict[tuple[str, ...] | None, Path] = {}
+        self._kernel_image: Path | None = None
+
+    @property
+    def cache(self) -> BuildCache:
+        """Where the guest's built files are kept."""
+        return self._cache
+
+    @property
+    def host_kernel(self) -> HostKernel:
+        """The kernel this guest boots, with its modules."""
+        if self._host_kernel is None:
+            self._host_kernel = find_host_kernel()
+        return self._host_kernel
+
+    def boot_files(self, devices: Sequence[Device]) -> BootFiles:
+        modules = [module for device in devices for module in device.guest_modules]
+        return BootFiles(
+            self.kernel_image(), self.initramfs(modules), default_kernel_args(self.platform)
+        )
+
+    def channel(self, socket_dir: Path) -> CommandChannel:
+        return AgentChannel(socket_dir)
+
+    def kernel_image(self) -> Path:
+        """The kernel to boot: the platform's faster form if it has one, else the image."""
+        with self._lock:
+            if self._kernel_image is None:
+                self._kernel_image = self._build_kernel_image()
+            return self._kernel_image
+
+    def _build_kernel_image(self) -> Path:
+        image = self.host_kernel.image
+        key = cache_key([_FORMAT_VERSION, self.platform.name, file_fingerprint(image)])
+        prepared: list[bool] = []
+
+        def build(out: BinaryIO) -> None:
+            out.close()
+            prepared.append(self.platform.prepare_kernel(image, Path(out.name)))
+            if not prepared[-1]:
+                raise _NothingToPrepare
+
+        try:
+            return self._cache.get("kernels", key, ".vmlinux", build)
+        except _NothingToPrepare:
+            return image
+
+    def initramfs(self, modules: Iterable[str] | None) -> Path:
+        """An initramfs that loads *modules* (and what they depend on) at boot.
+
+        ``None`` means no modules at all, for a kernel other than the platform's,
+        which must then have virtio built in.
+        """
+        wanted = None if modules is None else tuple(sorted(set(modules)))
+        # Every VM start asks: remember the answer instead of re-reading the inputs.
+        with self._lock:
+            if wanted in self._initramfs_paths:
+                return self._initramfs_paths[wanted]
+        resolved = [] if wanted is None else self._module_index().resolve([*BASE_MODULES, *wanted])
+        busybox = find_busybox()
+        agent = build_agent(self._cache, self.platform)
+        key = cache_key(
+            [
+                _FORMAT_VERSION,
+                file_fingerprint(busybox),
+                file_fingerprint(agent),
+                *(guest_script(name) for name in GUEST_SCRIPTS),
+                *(f"{module.name}={file_fingerprint(module.path)}" for module in resolved),
+            ]
+        )
+
+        def build(out: BinaryIO) -> None:
+            write_initramfs(out, busybox, busybox_applets(busybox), resolved, agent)
+
+        path = self._cache.get("initramfs", key, ".cpio", build)
+        with self._lock:
+            self._initramfs_paths[wanted] = path
+        return path
+
+    def _module_index(self) -> ModuleIndex:
+        with self._lock:
+            if self._modules is None:
+                self._modules = ModuleIndex(self.host_kernel.modules_dir)
+            return self._modules
+
+    def __repr__(self) -> str:
+        return f"DefaultGuest(platform={self.platform.name!r})"
+
+
+class _NothingToPrepare(Exception):
+    """The platform has no faster form of this kernel: boot the image itself."""

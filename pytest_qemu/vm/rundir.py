@@ -1,0 +1,36 @@
+"""Each VM's private directory for its UNIX sockets and QEMU's temporary files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+_PREFIX = "pytest-qemu-vm-"
+_swept = False
+_sweep_lock = threading.Lock()
+
+
+def _sweep_orphans() -> None:
+    """Remove directories left by processes that were killed (once per process)."""
+    global _swept
+    with _sweep_lock:
+        if _swept:
+            return
+        _swept = True
+    for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = directory.name[len(_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def make_run_directory() -> Path:
+    """A new directory for one VM, named after this process so that orphans can be swept.
+
+    UNIX socket paths are limited to 108 bytes: the directory is kept out of
+    deep ``tmp_path`` trees, in the system's temporary directory.
+    """
+    _sweep_orphans()
+    return Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
