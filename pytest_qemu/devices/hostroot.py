@@ -15,12 +15,13 @@ class HostRoot(Device):
 
     The default guest mounts it at ``/host`` with ``cache=loose`` (the fastest
     for a tree nobody changes while the VM runs) and gives it its own
-    ``/proc``, ``/sys`` and ``/dev`` and writable tmpfs on ``/tmp``, ``/run``,
-    ``/var/tmp``, ``/root`` and ``/home``. The host's files can never be
+    ``/proc``, ``/sys`` and ``/dev``, a tmpfs on ``/run``, and overlays on
+    ``/tmp``, ``/var``, ``/root`` and ``/home`` that show the host's files and
+    keep the guest's writes in guest memory. The host's files can never be
     written through it.
     """
 
-    guest_modules = ("virtio_pci", "9p", "9pnet_virtio")
+    guest_modules = ("virtio_pci", "9p", "9pnet_virtio", "overlay")
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         fsdev = ctx.id_for(self, "hostfs")

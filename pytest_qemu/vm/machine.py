@@ -249,7 +249,14 @@ class VM:
             command = self.guest.personalise_command(self._setup_args, with_devices)
         else:
             command = personalise_command(self._setup_args, with_devices)
-        result = self.run(command, timeout=60, input=os.urandom(64))
+        self._run_setup(command, stdin=os.urandom(64))
+
+    def _run_setup(self, command: str, stdin: bytes = b"") -> None:
+        """Run a set-up *command* in the guest's own root (not a userland it chroots into)."""
+        request = CommandRequest(command, stdin=stdin, timeout=60, root="/")
+        result: CommandResult = self._call(
+            "set up the guest", lambda: self._channel.run(request), 60
+        )
         if result.returncode != 0:
             raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
 
@@ -257,14 +264,11 @@ class VM:
         """Fail the start if the guest's init could not apply the VM's settings at boot."""
         if self._boot_setup_status in ("0", "-"):
             return
-        result = self.run(
+        self._run_setup(
             # A guest of the user's own may have no setup status to report.
             "[ -e /run/pytest-qemu/setup.status ] || exit 0; "
-            "cat /run/pytest-qemu/setup.err >&2; exit $(cat /run/pytest-qemu/setup.status)",
-            timeout=60,
+            "cat /run/pytest-qemu/setup.err >&2; exit $(cat /run/pytest-qemu/setup.status)"
         )
-        if result.returncode != 0:
-            raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
 
     def _has_exited(self) -> bool:
         """Whether QEMU has exited, allowing a moment for an exit already under way."""
