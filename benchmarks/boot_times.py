@@ -23,7 +23,7 @@ from pathlib import Path
 
 from parallel_suite import SUITE, run_suite  # benchmarks/ is on sys.path when run as a script
 
-from pytest_qemu.guests.cache import BuildCache, default_cache_dir
+from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS, DefaultGuest
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_qemu.guests.cache import BuildCache, default_cache_dir
+from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS, DefaultGuest
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM

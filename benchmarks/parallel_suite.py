@@ -35,7 +35,7 @@ try:
 except ImportError:  # not installed: use the source tree next to this script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from pytest_qemu.allocation import Allocator
-from pytest_qemu.guests.cache import BuildCache, default_cache_dir
+from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DefaultGuest
 
 WORKER_COUNTS = (0, 2)

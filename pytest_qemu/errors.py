@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from pytest_qemu.channels.base import CommandResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,7 +45,7 @@ class CommandTimeout(VMError):
     """A guest command ran longer than its timeout; the guest killed it and everything
     it started. The VM is still usable. ``result`` holds the output up to the kill."""
 
-    def __init__(self, message: str, result: object = None) -> None:
+    def __init__(self, message: str, result: CommandResult | None = None) -> None:
         super().__init__(message)
         #: The :class:`~pytest_qemu.CommandResult` with the output the command wrote.
         self.result = result

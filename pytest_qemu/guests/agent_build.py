@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_qemu.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.errors import SetupError
-from pytest_qemu.guests.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.guests.initramfs import guest_script
 from pytest_qemu.platforms import Platform
 

@@ -11,12 +11,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from pytest_qemu.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.channels.agent import AgentChannel
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
 from pytest_qemu.guests.agent_build import build_agent
 from pytest_qemu.guests.base import BootFiles, Guest
-from pytest_qemu.guests.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.guests.initramfs import (
     GUEST_SCRIPTS,
     busybox_applets,
@@ -78,9 +78,11 @@ class DefaultGuest(Guest):
 
     @property
     def host_kernel(self) -> HostKernel:
-        """The kernel this guest boots, with its modules."""
+        """The kernel this guest boots, with its modules: the host's, or the one of the
+        platform's Debian packages."""
         if self._host_kernel is None:
-            self._host_kernel = find_host_kernel()
+            root = self.platform.system_root(self._cache.root)
+            self._host_kernel = find_host_kernel(root / "boot", root / "lib" / "modules")
         return self._host_kernel
 
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
@@ -127,7 +129,7 @@ class DefaultGuest(Guest):
             if wanted in self._initramfs_paths:
                 return self._initramfs_paths[wanted]
         resolved = [] if wanted is None else self._module_index().resolve([*BASE_MODULES, *wanted])
-        busybox = find_busybox()
+        busybox = find_busybox(self.platform.system_root(self._cache.root))
         agent = build_agent(self._cache, self.platform)
         key = cache_key(
             [
@@ -140,7 +142,10 @@ class DefaultGuest(Guest):
         )
 
         def build(out: BinaryIO) -> None:
-            write_initramfs(out, busybox, busybox_applets(busybox), resolved, agent)
+            # A foreign busybox cannot run here to list its applets: ask the host's, which
+            # Debian builds from the same source with the same configuration.
+            lister = busybox if self.platform.is_host else find_busybox(Path("/"))
+            write_initramfs(out, busybox, busybox_applets(lister), resolved, agent)
 
         path = self._cache.get("initramfs", key, ".cpio", build)
         with self._lock:

@@ -23,13 +23,13 @@ AGENT_GUEST_PATH = "etc/pytest-qemu/agent"
 _BUSYBOX_CANDIDATES = (Path("/bin/busybox"), Path("/usr/bin/busybox"))
 
 
-def find_busybox() -> Path:
-    """The host's static busybox, which becomes the guest's whole userland."""
+def find_busybox(root: Path = Path("/")) -> Path:
+    """The static busybox under *root*, which becomes the guest's whole userland."""
     for candidate in _BUSYBOX_CANDIDATES:
-        if candidate.is_file():
-            return candidate
+        if (root / candidate.relative_to("/")).is_file():
+            return root / candidate.relative_to("/")
     raise SetupError(
-        "busybox was not found: install it with `apt-get install busybox-static` "
+        f"busybox was not found in {root}: install it with `apt-get install busybox-static` "
         "(the default guest needs the static build), or pass your own --qemu-initramfs"
     )
 

@@ -9,7 +9,7 @@ from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.base import Platform
 
 #: Module name per architecture; a new architecture is a new module and a line here.
-_MODULES = {"x86_64": "x86_64"}
+_MODULES = {"x86_64": "x86_64", "aarch64": "aarch64"}
 _ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
 
 

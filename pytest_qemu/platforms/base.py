@@ -13,6 +13,8 @@ import platform as host
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_qemu.platforms.foreign import unpacked_root
+
 
 @dataclass(frozen=True)
 class Platform(abc.ABC):
@@ -55,9 +57,12 @@ class Platform(abc.ABC):
         Returns False if there is none (the image is then booted as it is).
         """
 
-    def foreign_packages(self) -> tuple[str, ...]:
-        """What ``apt-get download`` fetches for a guest of a foreign architecture."""
-        return (f"{self.kernel_package}:{self.debian_arch}", f"busybox-static:{self.debian_arch}")
+    def system_root(self, cache_dir: Path) -> Path:
+        """Where this platform's kernel (``boot/``, ``lib/modules/``) and busybox are:
+        the host's ``/``, or Debian packages of a foreign architecture unpacked in the cache."""
+        if self.is_host:
+            return Path("/")
+        return unpacked_root(cache_dir, self.debian_arch, self.kernel_package)
 
     def __str__(self) -> str:
         return self.name

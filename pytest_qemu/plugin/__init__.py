@@ -10,6 +10,7 @@ from pytest_qemu.errors import QemuError
 from pytest_qemu.plugin.fixtures import (
     fat_dir,
     p9_dir,
+    qemu_arch,
     qemu_devices,
     qemu_guest,
     qemu_network,
@@ -25,6 +26,7 @@ from pytest_qemu.vm.machine import kill_all_vms
 __all__ = [
     "fat_dir",
     "p9_dir",
+    "qemu_arch",
     "qemu_devices",
     "qemu_guest",
     "qemu_network",

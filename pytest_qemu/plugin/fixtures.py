@@ -54,8 +54,23 @@ def qemu_devices() -> Sequence[Device]:
 
 
 @pytest.fixture
+def qemu_arch() -> str | None:
+    """The architecture of the VMs a test starts: ``None`` for the test's ``qemu`` marker,
+    else ``--qemu-arch``, else the host's.
+
+    Parametrize it for an architecture matrix::
+
+        @pytest.mark.parametrize("qemu_arch", ["x86_64", "aarch64"])
+        def test_boots(qemu_vm): ...
+    """
+    return None
+
+
+@pytest.fixture
 def qemu_vm_factory(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    qemu_arch: str | None,
 ) -> Iterator[VMFactory]:
     """Start VMs: ``qemu_vm_factory(devices=[...], memory=..., arch=..., userland=...,
     kernel=..., initramfs=..., kernel_args=[...], qemu_args=[...])`` returns a running
@@ -66,7 +81,7 @@ def qemu_vm_factory(
     down when the test ends, whatever its outcome. Console logs and QEMU's
     stderr are kept under the test's temporary directory.
     """
-    factory = _factory(request, tmp_path_factory)
+    factory = _factory(request, tmp_path_factory, qemu_arch)
     request.node.stash.setdefault(factories_key, []).append(factory)
     try:
         yield factory
@@ -97,11 +112,17 @@ def qemu_session_vm_factory(
         factory.close()
 
 
-def _factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> VMFactory:
+def _factory(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    arch: str | None = None,
+) -> VMFactory:
     session = QemuSession.of(request.config)
     try:
         settings = session.settings
         options = marker_options(request)
+        if arch is not None:
+            options["arch"] = arch
         platform = session.platform(_text(options.get("arch")))
         settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
         session.accelerator(platform)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
-from pytest_qemu.guests.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.guests.cache import cache_key
+from pytest_qemu.cache import cache_key
 
 _DEBUG_EXIT_PORT = 0xF4
 _DEBUG_EXIT_VALUE = 0x21

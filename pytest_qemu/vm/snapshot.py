@@ -18,7 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from pytest_qemu.guests.cache import cache_key, file_fingerprint
+from pytest_qemu.cache import cache_key, file_fingerprint
 from pytest_qemu.vm.argv import MachineSpec
 
 _FORMAT_VERSION = "2"

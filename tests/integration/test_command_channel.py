@@ -39,6 +39,7 @@ def test_killing_every_process_fails_the_command_at_once_and_the_vm_goes_on(
 def test_a_timeout_kills_the_whole_process_group(qemu_vm: VM) -> None:
     with pytest.raises(CommandTimeout, match="still usable") as timeout:
         qemu_vm.run("sleep 100 & echo $! > /tmp/child; echo started; sleep 100", timeout=1)
+    assert timeout.value.result is not None
     assert timeout.value.result.stdout == "started\n"
     child = qemu_vm.check("cat /tmp/child").strip()
     assert qemu_vm.run(f"kill -0 {child}").returncode != 0, "the backgrounded child survived"
@@ -118,7 +119,8 @@ def test_transfer_errors_name_the_path(qemu_vm: VM, tmp_path: Path) -> None:
 
 def _slow_initramfs(tmp_path: Path, qemu_vm_factory: VMFactory, delay: int) -> Path:
     """The default initramfs with an init that sleeps *delay* seconds before the real one."""
-    default = qemu_vm_factory.guest.initramfs([])
+    default = qemu_vm_factory.guest.boot_files([]).initramfs
+    assert default is not None
     overlay = io.BytesIO()
     with CpioWriter(overlay) as archive:
         archive.add_file(
@@ -129,6 +131,8 @@ def _slow_initramfs(tmp_path: Path, qemu_vm_factory: VMFactory, delay: int) -> P
     return combined
 
 
+# Boot timing does not depend on the architecture: once is enough for these slow ones.
+@pytest.mark.parametrize("qemu_arch", ["x86_64"])
 def test_a_slow_guest_boots_within_a_long_boot_timeout(
     qemu_vm_factory: VMFactory, tmp_path: Path
 ) -> None:
@@ -141,6 +145,7 @@ def test_a_slow_guest_boots_within_a_long_boot_timeout(
     assert vm.check("echo up") == "up\n"
 
 
+@pytest.mark.parametrize("qemu_arch", ["x86_64"])
 def test_the_boot_timeout_is_honoured_to_the_second(
     qemu_vm_factory: VMFactory, tmp_path: Path
 ) -> None:

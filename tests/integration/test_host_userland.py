@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, VMFactory
+from pytest_qemu import VM, ConfigurationError, VMFactory
 
 pytestmark = [pytest.mark.vm, pytest.mark.qemu(userland="host")]
+
+
+@pytest.fixture(scope="module")
+def arch() -> str:
+    """The host's programs run only on the host's architecture."""
+    return platform.machine()
 
 
 def test_python_and_a_program_compiled_on_the_host_run(qemu_vm: VM, tmp_path: Path) -> None:
@@ -72,3 +79,8 @@ def test_a_second_vm_is_restored_from_a_snapshot(
     for vm in (first, second):
         assert vm.check(f"cat {tmp_path}/shared.txt") == "seen by both"
         assert vm.check("python3 -c 'print(6 * 7)'") == "42\n"
+
+
+def test_another_architecture_is_refused_plainly(qemu_vm_factory: VMFactory) -> None:
+    with pytest.raises(ConfigurationError, match="userland='host' needs the host's architecture"):
+        qemu_vm_factory(arch="aarch64")

@@ -48,3 +48,14 @@ def test_host_fetches_a_page_from_a_guest_httpd(qemu_vm_factory: VMFactory) -> N
     assert host == "127.0.0.1"
     with urllib.request.urlopen(f"http://{host}:{port}/index.html", timeout=30) as response:
         assert response.read() == b"hello-from-the-guest\n"
+
+
+@pytest.mark.parametrize("qemu_arch", [None], ids=["mixed"])
+def test_an_x86_vm_and_an_arm_vm_share_a_network(
+    qemu_vm_factory: VMFactory, qemu_network: Network
+) -> None:
+    nics = {arch: qemu_network.new_vm() for arch in ("x86_64", "aarch64")}
+    vms = {arch: qemu_vm_factory(devices=[nic], arch=arch) for arch, nic in nics.items()}
+    assert vms["aarch64"].check("uname -m") == "aarch64\n"
+    vms["x86_64"].check(f"ping -c 1 -W 5 {nics['aarch64'].address}", timeout=30)
+    vms["aarch64"].check(f"ping -c 1 -W 5 {nics['x86_64'].address}", timeout=30)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, Disk, MachineSpec, Network, P9Directory, VirtioRandom
+from pytest_qemu import VM, Disk, Network, P9Directory, VirtioRandom, VMFactory
 from pytest_qemu.devices.base import Device
-from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.snapshot import SnapshotStore
 from pytest_qemu.vm.snapshotting import SnapshotWarning
@@ -21,32 +20,22 @@ StartVM = Callable[[list[Device]], VM]
 
 
 @pytest.fixture
-def start_vm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartVM]:
-    """Starts VMs on the default guest with a snapshot store private to this test."""
-    session = QemuSession.of(request.config)
-    guest = session.default_guest()
-    accelerator = session.accelerator().accelerator
-    store = SnapshotStore(tmp_path / "snapshots")
-    vms: list[VM] = []
+def start_vm(request: pytest.FixtureRequest, tmp_path: Path, arch: str) -> Iterator[StartVM]:
+    """Starts VMs on the default guest of *arch* with a snapshot store private to this test."""
+    factory = VMFactory(
+        QemuSession.of(request.config),
+        log_root=tmp_path,
+        snapshots=SnapshotStore(tmp_path / "snapshots"),
+        defaults={"arch": arch},
+    )
 
     def start(devices: list[Device]) -> VM:
-        modules = [module for device in devices for module in device.guest_modules]
-        spec = MachineSpec(
-            kernel=guest.kernel_image(),
-            initramfs=guest.initramfs(modules),
-            kernel_args=DEFAULT_KERNEL_ARGS,
-            devices=devices,
-            accelerator=accelerator,
-        )
-        vm = VM(spec, log_dir=tmp_path / f"vm{len(vms)}", boot_timeout=120, snapshots=store)
-        vms.append(vm)
-        return vm.start()
+        return factory(devices=devices, boot_timeout=120)
 
     try:
         yield start
     finally:
-        for vm in vms:
-            vm.kill()
+        factory.close()
 
 
 def test_restored_vms_are_isolated_and_personalised(start_vm: StartVM, tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def shared_vm(qemu_session_vm_factory: VMFactory) -> Iterator[VM]:
+def shared_vm(qemu_session_vm_factory: VMFactory, arch: str) -> Iterator[VM]:
     # One VM for the many small checks below: boots are the slow part under TCG.
-    with qemu_session_vm_factory() as vm:
+    with qemu_session_vm_factory(arch=arch) as vm:
         yield vm
 
 
@@ -89,8 +89,9 @@ def test_qmp(shared_vm: VM) -> None:
     assert names
 
 
-def test_argv_and_logs(shared_vm: VM) -> None:
-    assert shared_vm.argv[0].endswith("qemu-system-x86_64")
+def test_argv_and_logs(shared_vm: VM, arch: str) -> None:
+    assert shared_vm.argv[0].endswith(f"qemu-system-{arch}")
+    assert shared_vm.check("uname -m") == f"{arch}\n"
     assert "-no-reboot" in shared_vm.argv
     assert shared_vm.console_log.is_file()
     assert "pytest-qemu: guest ready" in shared_vm.console_log.read_text(errors="replace")
