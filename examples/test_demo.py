@@ -5,10 +5,20 @@ Run it with `.venv/bin/pytest examples` (add `-n 2` to boot VMs in parallel).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from pytest_qemu import VM, Network, P9Directory, ReadOnlyDirectory, VirtioRandom
-from pytest_qemu.plugin.factory import VMFactory
+from pytest_qemu import (
+    VM,
+    CommandTimeout,
+    Network,
+    P9Directory,
+    ReadOnlyDirectory,
+    VirtioRandom,
+    VMFactory,
+)
 
 
 def test_run_a_command(qemu_vm: VM) -> None:
@@ -49,3 +59,46 @@ def test_two_vms_ping_each_other(qemu_vm_factory: VMFactory, qemu_network: Netwo
 def test_device_matrix(qemu_vm: VM, qemu_devices: list[object]) -> None:
     hw_random = qemu_vm.run("cat /sys/class/misc/hw_random/rng_current").stdout.strip()
     assert hw_random.startswith("virtio_rng") == bool(qemu_devices)
+
+
+def test_streamed_output_timeouts_and_files(qemu_vm: VM, tmp_path: Path) -> None:
+    # Output of any size streams back; past 16 MiB it waits in a file, not in memory.
+    big = qemu_vm.run("dd if=/dev/zero bs=1M count=40 2>/dev/null", timeout=120)
+    assert big.stdout_output.size == 40 * 1024 * 1024
+    # A timeout kills the command and everything it started; the VM carries on.
+    with pytest.raises(CommandTimeout):
+        qemu_vm.run("sleep 60 & sleep 60", timeout=1)
+    # Files travel both ways through the same channel, permission bits included.
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(uname -m), $GREETING\n")
+    script.chmod(0o755)
+    qemu_vm.put(script, "/usr/bin/hello")
+    assert qemu_vm.check("hello", env={"GREETING": "hi"}).startswith("hello from")
+    assert qemu_vm.get("/usr/bin/hello", tmp_path / "back.sh").read_bytes() == script.read_bytes()
+
+
+@pytest.mark.qemu(userland="host")
+def test_the_hosts_own_programs(qemu_vm: VM, tmp_path: Path) -> None:
+    # The host's root, read-only: python3 and everything else installed on the host.
+    (tmp_path / "data.json").write_text('{"answer": 42}')
+    check = f'python3 -c \'import json; print(json.load(open("{tmp_path}/data.json"))["answer"])\''
+    assert qemu_vm.check(check) == "42\n"
+    assert "Read-only file system" in qemu_vm.run("touch /usr/nope").stderr
+
+
+@pytest.mark.parametrize("qemu_arch", ["x86_64", "aarch64"])
+def test_architecture_matrix(qemu_vm: VM, qemu_arch: str) -> None:
+    assert qemu_vm.check("uname -m") == f"{qemu_arch}\n"
+
+
+@pytest.fixture(scope="module")
+def shared_server(qemu_session_vm_factory: VMFactory) -> Iterator[VM]:
+    # One VM for every test of the module, shut down when the module is done.
+    with qemu_session_vm_factory() as vm:
+        vm.check("echo ready > /tmp/state")
+        yield vm
+
+
+@pytest.mark.parametrize("attempt", [1, 2])
+def test_a_vm_shared_by_a_module(shared_server: VM, attempt: int) -> None:
+    assert shared_server.check("cat /tmp/state") == "ready\n"
