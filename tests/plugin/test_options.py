@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-FIXTURES = ("qemu_vm", "qemu_vm_factory", "qemu_devices", "qemu_network", "p9_dir", "fat_dir")
+FIXTURES = (
+    "qemu_vm",
+    "qemu_vm_factory",
+    "qemu_session_vm_factory",
+    "qemu_devices",
+    "qemu_arch",
+    "qemu_network",
+    "p9_dir",
+    "fat_dir",
+)
 
 
 def test_fixtures_are_listed_with_their_docstrings(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fixtures")
     output = result.stdout.str()
     for name in FIXTURES:
-        assert f"{name} -- " in output, name
+        assert re.search(rf"^{name}( \[session scope\])? -- ", output, re.M), name
     assert "no docstring available" not in output.split("pytest_qemu")[1].split("xdist")[0]
 
 
@@ -23,6 +34,8 @@ def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
         "--qemu-accel",
         "--qemu-memory",
         "--qemu-boot-timeout",
+        "--qemu-arch",
+        "--qemu-userland",
     ):
         result.stdout.fnmatch_lines([f"*{option}*"])
 
@@ -33,6 +46,8 @@ def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
         (["--qemu-memory=lots"], "*--qemu-memory 'lots' is not a number*"),
         (["--qemu-boot-timeout=-3"], "*--qemu-boot-timeout '-3' must be greater than zero*"),
         (["--qemu-accel=hvf"], "*--qemu-accel 'hvf' is not one of*"),
+        (["--qemu-arch=sparc64"], "*architecture 'sparc64' is not supported: use one of*"),
+        (["--qemu-userland=alpine"], "*--qemu-userland 'alpine' is not one of*"),
         (["--qemu-kernel=/no/such/vmlinuz"], "*--qemu-kernel '/no/such/vmlinuz': no such file*"),
         (["--qemu-memory=8"], "*--qemu-memory 8 MiB is far too small*"),
         (["--qemu-kernel-args=x='a\nb'"], "*--qemu-kernel-args * argument 'x=a\\nb'*control*"),
