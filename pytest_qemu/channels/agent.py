@@ -15,6 +15,7 @@ import math
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,6 +128,7 @@ class AgentChannel(CommandChannel):
     """Commands and files over the default guest's agent (``org.pytest-qemu.agent``)."""
 
     serial_port_id = _PORT_ID
+    personalises_on_resume = True
 
     def __init__(
         self,
@@ -218,7 +220,7 @@ class AgentChannel(CommandChannel):
             return _BOOT_PING_INTERVAL
 
         self._ready = False
-        self._exchange(None, deadline, ping_interval=ping_interval)
+        self._exchange(None, deadline, ping_interval=ping_interval, personalise=resumed)
         return self.setup_status
 
     def _ensure_ready(self) -> None:
@@ -303,11 +305,13 @@ class AgentChannel(CommandChannel):
         deadline: float | None,
         ping_interval: Callable[[], float] | None = None,
         fail_on_loss: bool = True,
+        personalise: bool = False,
     ) -> None:
         """Send what is queued and dispatch what arrives until *request* is done.
 
         With ``request=None``, until the agent is ready, pinging it every
-        *ping_interval()* seconds. Never blocks on a write.
+        *ping_interval()* seconds; with *personalise*, each ping carries the host's
+        clock and fresh entropy for the guest. Never blocks on a write.
         """
         connection = self._socket
         if connection is None:
@@ -325,7 +329,12 @@ class AgentChannel(CommandChannel):
                     raise NoReply("no answer from the guest agent")
                 if ping_interval is not None and now >= next_ping:
                     if not self._sending:
-                        self._sending = memoryview(encode(FrameType.PING, next(self._ids)))
+                        payload = (
+                            struct.pack("<Q", time.time_ns()) + os.urandom(64)
+                            if personalise
+                            else b""
+                        )
+                        self._sending = memoryview(encode(FrameType.PING, next(self._ids), payload))
                     next_ping = now + ping_interval()
                 self._flush(connection)
                 events = select.POLLIN | (select.POLLOUT if self._sending else 0)

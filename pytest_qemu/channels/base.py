@@ -113,6 +113,9 @@ class CommandChannel(abc.ABC):
 
     #: The QEMU id of a virtio-serial port whose guest side the VM should watch.
     serial_port_id: str | None = None
+    #: Whether :meth:`wait_ready` with ``resumed=True`` sets the guest's clock to the
+    #: host's and adds entropy, so that personalising a restored guest need not.
+    personalises_on_resume: bool = False
 
     @abc.abstractmethod
     def qemu_args(self) -> list[str]:

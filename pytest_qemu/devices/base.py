@@ -51,6 +51,10 @@ class Device(abc.ABC):
 
     guest_modules: tuple[str, ...] = ()
 
+    #: Whether the host keeps what the guest writes to this device once the VM ends
+    #: (a persistent disk), so that the guest must flush its caches before it stops.
+    keeps_guest_writes: bool = False
+
     @abc.abstractmethod
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         """The QEMU command-line arguments that add this device."""

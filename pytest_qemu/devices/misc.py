@@ -111,6 +111,10 @@ class Disk(Device):
             return None
         return f"disk:{self.read_only}:{self.image.stat().st_size}"
 
+    @property
+    def keeps_guest_writes(self) -> bool:  # type: ignore[override]
+        return self.persistent and not self.read_only
+
     def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:
         return [("disk serial (FAT name or Disk serial)", self.serial)]
 

@@ -53,9 +53,12 @@ class Guest(abc.ABC):
         """The VM's devices: *requested* plus any this kind of guest always needs."""
         return list(requested)
 
-    def personalise_command(self, setup_args: Sequence[str], with_devices: bool) -> str:
-        """A shell command that makes a VM restored from a snapshot this VM's own."""
-        return personalise_command(setup_args, with_devices)
+    def personalise_command(
+        self, setup_args: Sequence[str], with_devices: bool, clock_and_entropy: bool = True
+    ) -> str:
+        """A shell command that makes a VM restored from a snapshot this VM's own
+        ("" if there is nothing left to do)."""
+        return personalise_command(setup_args, with_devices, clock_and_entropy)
 
     @property
     def snapshot_key_parts(self) -> tuple[str, ...]:
@@ -63,20 +66,25 @@ class Guest(abc.ABC):
         return (type(self).__name__,)
 
 
-def personalise_command(setup_args: Sequence[str], with_devices: bool) -> str:
+def personalise_command(
+    setup_args: Sequence[str], with_devices: bool, clock_and_entropy: bool = True
+) -> str:
     """The default guest's personalisation, as a shell command for its agent.
 
-    It sets the clock, adds entropy (sent on its stdin), and, with devices,
-    drops cached disk contents, rereads partition tables and applies
-    *setup_args* (mounts, addresses) with the guest's setup script.
+    With *clock_and_entropy* it sets the clock and adds entropy (sent on its
+    stdin); with devices, it drops cached disk contents, rereads partition
+    tables and applies *setup_args* (mounts, addresses) with the guest's setup
+    script. "" when there is nothing to do.
     """
-    script = f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom"
+    steps = []
+    if clock_and_entropy:
+        steps.append(f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom")
     if with_devices:
         setup = " ".join(shlex.quote(argument) for argument in setup_args)
-        script += (
-            "; echo 3 >/proc/sys/vm/drop_caches"
+        steps.append(
+            "echo 3 >/proc/sys/vm/drop_caches"
             '; for disk in /sys/block/vd*; do [ -e "$disk" ] &&'
             " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
             f"; /etc/pytest-qemu/setup {setup}"
         )
-    return script
+    return "; ".join(steps)

@@ -212,7 +212,9 @@ def build_command_line(
     *,
     channel_args: Sequence[str] = (),
     setup_on_kernel_command_line: bool = True,
-    incoming: Path | None = None,
+    memory_file: Path | None = None,
+    share_memory: bool = False,
+    incoming: Path | str | None = None,
 ) -> BuiltCommandLine:
     """The QEMU argv for *spec*, with QMP and console on UNIX sockets at *paths*.
 
@@ -220,8 +222,13 @@ def build_command_line(
 
     With ``setup_on_kernel_command_line=False`` the guest is booted without its
     per-VM settings (mounts, addresses), which the host then applies through
-    the agent: that boot can be saved and restored for other VMs. *incoming*
-    is a saved state to restore instead of booting.
+    the agent: that boot can be saved and restored for other VMs.
+
+    *memory_file* backs the guest's RAM with a file: mapped shared
+    (*share_memory*, a template being built, whose RAM is the file) or
+    privately (a clone: copy-on-write over the template's RAM). *incoming* is a
+    saved state to restore instead of booting, or ``"defer"`` to wait for QMP
+    ``migrate-incoming``.
     """
     ctx = DeviceContext()
     _check_guest_names(spec.devices, ctx)
@@ -260,6 +267,7 @@ def build_command_line(
         "-no-reboot",
         "-m", str(spec.memory),
         "-smp", str(spec.cpus),
+        *_memory_backend_args(spec.memory, memory_file, share_memory),
         "-kernel", str(spec.kernel),
     ]  # fmt: skip
     if spec.initramfs is not None:
@@ -278,7 +286,26 @@ def build_command_line(
     argv += channel_args
     argv += device_args
     argv += list(spec.qemu_args)
-    if incoming is not None:
+    if incoming == "defer":
+        argv += ["-incoming", "defer"]
+    elif incoming is not None:
         # QEMU runs exec: URIs with /bin/sh.
         argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
     return BuiltCommandLine(argv, kernel_args, setup_args, layout)
+
+
+#: The QEMU id of the guest RAM's memory backend when it lives in a file.
+MEMORY_BACKEND_ID = "pytest-qemu-ram"
+
+
+def _memory_backend_args(memory: int, memory_file: Path | None, share: bool) -> list[str]:
+    if memory_file is None:
+        return []
+    backend = option_string(
+        "memory-backend-file",
+        id=MEMORY_BACKEND_ID,
+        size=f"{memory}M",
+        share=share,
+        **{"mem-path": str(memory_file)},
+    )
+    return ["-object", backend, "-machine", f"memory-backend={MEMORY_BACKEND_ID}"]

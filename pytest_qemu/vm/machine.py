@@ -245,11 +245,14 @@ class VM:
     def _personalise(self) -> None:
         """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
         with_devices = bool(self.spec.devices)
+        # The channel may have set the clock and added entropy while it waited for the guest.
+        clock = not (self.restored_from is not None and self._channel.personalises_on_resume)
         if self.guest is not None:
-            command = self.guest.personalise_command(self._setup_args, with_devices)
+            command = self.guest.personalise_command(self._setup_args, with_devices, clock)
         else:
-            command = personalise_command(self._setup_args, with_devices)
-        self._run_setup(command, stdin=os.urandom(64))
+            command = personalise_command(self._setup_args, with_devices, clock)
+        if command:
+            self._run_setup(command, stdin=os.urandom(64))
 
     def _run_setup(self, command: str, stdin: bytes = b"") -> None:
         """Run a set-up *command* in the guest's own root (not a userland it chroots into)."""
@@ -281,10 +284,15 @@ class VM:
         return True
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the VM gracefully (guest ``sync``, QMP ``quit``); kill it if that fails."""
+        """Stop the VM: QMP ``quit``, then kill it if that fails within *timeout*.
+
+        A guest ``sync`` runs first only when a device keeps what the guest
+        writes (a persistent :class:`Disk`): nothing else waits on the guest.
+        """
         if self.is_running():
             assert self._launched is not None
-            if self._command_lock.acquire(timeout=min(timeout, 5.0)):
+            keeps_writes = any(device.keeps_guest_writes for device in self.spec.devices)
+            if keeps_writes and self._command_lock.acquire(timeout=min(timeout, 5.0)):
                 try:
                     self._channel.run(CommandRequest("sync", timeout=min(timeout, 5.0)))
                 except (ChannelError, OSError):

@@ -8,6 +8,7 @@ works from any thread and never touches an event loop the test itself uses
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Callable, Coroutine
@@ -40,6 +41,12 @@ class _LoopThread:
 
 
 _loop_thread = _LoopThread()
+
+# qemu.qmp logs every connection it loses as an error, also when QEMU exits as
+# expected (a VM killed at teardown, a failed restore). Every failure reaches the
+# caller as an exception, with QEMU's stderr in the VM's report: the log lines
+# would only send readers of a failed test's "Captured log" down a false trail.
+logging.getLogger("qemu.qmp.protocol").setLevel(logging.CRITICAL)
 
 
 class _CallbackListener(EventListener):

@@ -1,10 +1,13 @@
-"""Saved, booted guests: restored in a fraction of a second instead of booted.
+"""Saved, booted guests (templates): cloned in tens of milliseconds instead of booted.
 
-A snapshot is the state of a VM saved with QMP ``migrate`` right after its
-command agent first answered, before any per-VM setting (mounts, addresses)
-was applied. It is keyed on everything that shapes the guest: QEMU, kernel,
-initramfs, machine, memory, kernel arguments and the device layout. A restored
-VM is then personalised through the agent.
+A snapshot is a VM template: the guest RAM of a VM booted with its memory in
+a file (``<key>.ram``), and its device state saved with QMP ``migrate`` and
+the ``x-ignore-shared`` capability (``<key>.state``, a few hundred KB) right
+after its command agent first answered, before any per-VM setting (mounts,
+addresses) was applied. Clones map the RAM file privately, copy-on-write, so
+they share its pages through the page cache. It is keyed on everything that
+shapes the guest: QEMU, kernel, initramfs, machine, memory, kernel arguments
+and the device layout.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from filelock import FileLock
 from pytest_qemu.cache import cache_key, file_fingerprint
 from pytest_qemu.vm.argv import MachineSpec
 
-_FORMAT_VERSION = "2"
+_FORMAT_VERSION = "3"
 
 
 def snapshot_key(
@@ -52,6 +55,8 @@ class Snapshot:
     state: Path
     console: Path
     lock_path: Path
+    #: The template's guest RAM, mapped copy-on-write by every clone.
+    ram: Path
 
     def exists(self) -> bool:
         """Whether a usable state is saved; an empty one (a crashed writer) is discarded."""
@@ -59,7 +64,7 @@ class Snapshot:
             size = self.state.stat().st_size
         except FileNotFoundError:
             return False
-        if size == 0:
+        if size == 0 or not self.ram.is_file():
             self.discard()
             return False
         return True
@@ -76,13 +81,24 @@ class Snapshot:
                 self.lock_path.unlink(missing_ok=True)
 
     def partial_path(self) -> Path:
+        """Where this process writes the state before publishing it."""
         return self.state.with_name(f".{self.state.name}.{os.getpid()}.partial")
 
-    def publish(self, partial: Path, console_log: Path) -> None:
-        """Make a completed save visible to every process, console log first."""
+    def partial_ram_path(self) -> Path:
+        """Where this process's template VM keeps its RAM before it is published.
+
+        A new file for every build: clones of an earlier template map theirs
+        privately, and writes to that file would show through in them.
+        """
+        return self.ram.with_name(f".{self.ram.name}.{os.getpid()}.partial")
+
+    def publish(self, partial: Path, partial_ram: Path, console_log: Path) -> None:
+        """Make a completed save visible to every process; the state file goes last,
+        since its presence is what says the snapshot is there."""
         console_partial = self.console.with_name(f".{self.console.name}.{os.getpid()}.partial")
         shutil.copyfile(console_log, console_partial)
         os.replace(console_partial, self.console)
+        os.replace(partial_ram, self.ram)
         os.replace(partial, self.state)
 
     def mark_used(self) -> None:
@@ -92,15 +108,17 @@ class Snapshot:
 
     def discard(self) -> None:
         """Remove a snapshot that failed to restore, so the next VM rebuilds it."""
-        for path in (self.state, self.console):
+        # Clones running from it keep their mapping of the RAM file: unlinking is safe.
+        for path in (self.state, self.console, self.ram):
             path.unlink(missing_ok=True)
 
 
 class SnapshotStore:
     """Snapshots under a cache directory (``<cache>/snapshots``).
 
-    Each is as large as the guest memory in use (about 70 MB for the default
-    guest), so only the *keep* most recently used are kept.
+    Each RAM file is a sparse file as large as the guest memory, of which the
+    guest touched about 70 MB for the default guest, so only the *keep* most
+    recently used are kept.
     """
 
     def __init__(self, root: Path, keep: int = 16) -> None:
@@ -114,6 +132,7 @@ class SnapshotStore:
             state=self.root / f"{key}.state",
             console=self.root / f"{key}.console",
             lock_path=self.root / f"{key}.lock",
+            ram=self.root / f"{key}.ram",
         )
 
     def _prune(self) -> None:
@@ -126,7 +145,10 @@ class SnapshotStore:
         states = sorted(self.root.glob("*.state"), key=last_used, reverse=True)
         for stale in states[self.keep :]:
             # A VM restoring from it has the file open already; unlinking is safe.
-            Snapshot(stale, stale.with_suffix(".console"), stale.with_suffix(".lock")).discard()
+            Snapshot(
+                stale, stale.with_suffix(".console"), stale.with_suffix(".lock"),
+                stale.with_suffix(".ram"),
+            ).discard()  # fmt: skip
         # Half-written states of processes that were killed mid-save (named .KEY.PID.partial).
         for partial in self.root.glob(".*.partial"):
             owner = partial.name.rsplit(".", 2)[-2]

@@ -1,10 +1,14 @@
-"""Starting a VM from a snapshot: restore one, or boot, save and share one.
+"""Starting a VM from a snapshot (a VM template): clone one, or build one first.
 
-The strategy behind ``snapshots=``: the first VM of a hardware layout boots
-and is saved with QMP ``migrate``; every later one is restored with
-``-incoming`` and personalised. A restore that fails falls back to a boot
-(the snapshot is discarded, so the next VM rebuilds it), unless QEMU failed
-because of the user's set-up, which booting would not cure.
+The strategy behind ``snapshots=``. The first VM of a hardware layout boots as
+a *template*: its RAM is a file (mapped shared), and once its agent answers its
+device state is saved with QMP ``migrate`` and ``x-ignore-shared`` (the RAM
+stays in the file) and the template VM is stopped. Every VM, that first one
+included, is then a *clone*: QEMU maps the RAM file privately (copy-on-write),
+starts with ``-incoming defer``, loads the device state with
+``migrate-incoming``, and the guest is personalised. A clone that fails falls
+back to a boot (the snapshot is discarded, so the next VM rebuilds it),
+unless QEMU failed because of the user's set-up, which booting would not cure.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import shlex
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPError
@@ -41,25 +46,52 @@ class _RestoreFailed(Exception):
 
 
 def start_from_snapshot(vm: VM, snapshot: Snapshot, started: float) -> None:
-    """Restore *snapshot* into *vm*, or boot *vm* and save it as *snapshot*."""
-    if snapshot.exists() and _restore(vm, snapshot):
+    """Clone *snapshot* into *vm*, building the template first if there is none."""
+    if snapshot.exists() and _clone(vm, snapshot):
         return
-    # One process boots and saves; the others wait here, then restore what it saved.
+    # One process builds the template; the others wait here, then clone it.
     with snapshot.building():
-        built_here = not snapshot.exists()
-        if built_here:
-            vm._boot(started)
-            _save(vm, snapshot)
-    if built_here:
-        vm._personalise()
-    elif not _restore(vm, snapshot):
+        if not snapshot.exists() and _build_template(vm, snapshot, started):
+            # The template could not be saved, and its VM ran on as this test's VM.
+            return
+    if not _clone(vm, snapshot):
         # Waiting for the builder may have taken a while: give the boot its full time.
         vm._boot(time.monotonic())
         vm._personalise()
 
 
-def _restore(vm: VM, snapshot: Snapshot) -> bool:
-    """Restore *snapshot* and personalise it; on failure warn, clean up and return False.
+def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
+    """Boot a template VM with its RAM in a new file, save it and stop it.
+
+    Returns True if the save failed (a device that blocks migration, say): the
+    template VM then carries on as *vm* itself, personalised.
+    """
+    partial_ram = snapshot.partial_ram_path()
+    argv = build_command_line(
+        vm.spec,
+        vm._paths,
+        channel_args=vm._channel.qemu_args(),
+        setup_on_kernel_command_line=False,
+        memory_file=partial_ram,
+        share_memory=True,
+    ).argv
+    try:
+        vm._launch(argv, console_prefix=None)
+        vm.argv = argv
+        vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
+        if _save(vm, snapshot, partial_ram):
+            vm._stop_process()
+            return False
+        # Unlinked, the file stays mapped by this VM alone.
+        partial_ram.unlink(missing_ok=True)
+        vm._personalise()
+        return True
+    finally:
+        partial_ram.unlink(missing_ok=True)
+
+
+def _clone(vm: VM, snapshot: Snapshot) -> bool:
+    """Clone *snapshot* and personalise it; on failure warn, clean up and return False.
 
     A failure caused by the user's set-up (a disk another VM holds) is raised
     instead: booting would fail the same way, and the snapshot is fine.
@@ -69,11 +101,22 @@ def _restore(vm: VM, snapshot: Snapshot) -> bool:
         vm._paths,
         channel_args=vm._channel.qemu_args(),
         setup_on_kernel_command_line=False,
-        incoming=snapshot.state,
+        memory_file=snapshot.ram,
+        share_memory=False,
+        incoming="defer",
     ).argv
     try:
         vm._launch(argv, console_prefix=snapshot.console)
         deadline = time.monotonic() + min(vm.boot_timeout, _RESTORE_TIMEOUT)
+        launched = vm._launched
+        assert launched is not None
+        try:
+            launched.qmp.execute("migrate-set-capabilities", _IGNORE_SHARED, 10)
+            launched.qmp.execute(
+                "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot.state))}"}, 10
+            )
+        except (QMPError, OSError, TimeoutError) as error:
+            raise _RestoreFailed(f"QEMU refused the saved state ({error})") from None
         _wait_until_restored(vm, deadline)
         vm._wait_until_ready(deadline, resumed=True)
     except (_RestoreFailed, VMError, OSError) as error:
@@ -86,7 +129,7 @@ def _restore(vm: VM, snapshot: Snapshot) -> bool:
         snapshot.discard()
         warnings.warn(
             SnapshotWarning(
-                f"restoring snapshot {snapshot.state} failed, booting instead: "
+                f"cloning snapshot {snapshot.state} failed, booting instead: "
                 f"{str(error).splitlines()[0]}" + (f"\nQEMU stderr:\n{stderr}" if stderr else "")
             ),
             stacklevel=5,
@@ -117,13 +160,14 @@ def _wait_until_restored(vm: VM, deadline: float) -> None:
         time.sleep(0.005)
 
 
-def _save(vm: VM, snapshot: Snapshot) -> None:
-    """Save *vm*, just booted, as *snapshot*, then let it run on."""
+def _save(vm: VM, snapshot: Snapshot, partial_ram: Path) -> bool:
+    """Save the template VM *vm*'s device state and publish the template; True on success."""
     assert vm._launched is not None
     qmp = vm._launched.qmp
     partial = snapshot.partial_path()
     status = "not started"
     try:
+        qmp.execute("migrate-set-capabilities", _IGNORE_SHARED, 30)
         qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"}, 30)
         deadline = time.monotonic() + _SAVE_TIMEOUT
         while (status := qmp.execute("query-migrate", None, 30).get("status")) not in (
@@ -135,11 +179,11 @@ def _save(vm: VM, snapshot: Snapshot) -> None:
                 qmp.execute("migrate_cancel", None, 30)
                 status = "timed out"
                 break
-            time.sleep(0.02)
-        # After a migration the source VM is paused; this VM carries on as the test's VM.
-        qmp.execute("cont", None, 30)
+            time.sleep(0.005)
         if status == "completed":
-            snapshot.publish(partial, vm.console_log)
+            snapshot.publish(partial, partial_ram, vm.console_log)
+            return True
+        qmp.execute("cont", None, 30)
     except QMPError as error:
         # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
         status = str(error)
@@ -148,5 +192,11 @@ def _save(vm: VM, snapshot: Snapshot) -> None:
     finally:
         # Also on Ctrl-C: a half-written state must not stay in the cache.
         partial.unlink(missing_ok=True)
-    if status != "completed":
-        warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
+    warnings.warn(SnapshotWarning(f"saving a snapshot failed ({status})"), stacklevel=5)
+    return False
+
+
+#: Leave RAM in shared memory out of the migration stream: it stays in the template's file.
+_IGNORE_SHARED: dict[str, object] = {
+    "capabilities": [{"capability": "x-ignore-shared", "state": True}]
+}

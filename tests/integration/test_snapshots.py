@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,7 +43,8 @@ def test_restored_vms_are_isolated_and_personalised(start_vm: StartVM, tmp_path:
     with Network() as network:
         first_nic, second_nic, third_nic = (network.new_vm() for _ in range(3))
         first = start_vm([first_nic, VirtioRandom()])
-        assert first.restored_from is None, "the first VM of a layout boots and saves"
+        # The first VM of a layout builds the template, then is its first clone.
+        assert first.restored_from is not None
         first.check("echo left-behind > /root/marker")
 
         share = tmp_path / "share"
@@ -78,16 +80,18 @@ def test_shared_directories_are_mounted_after_restore(start_vm: StartVM, tmp_pat
     assert restored.check(f"cat {share.guest_path}/name.txt") == "two"
 
 
-def test_a_broken_snapshot_falls_back_to_booting(start_vm: StartVM) -> None:
+def test_a_broken_snapshot_is_rebuilt(start_vm: StartVM) -> None:
     first = start_vm([VirtioRandom()])
     snapshot = first._snapshot
     assert snapshot is not None and snapshot.exists()
     snapshot.state.write_bytes(b"not a migration stream")
-    with pytest.warns(SnapshotWarning, match="booting instead"):
+    with pytest.warns(SnapshotWarning, match="cloning snapshot .* failed"):
         second = start_vm([VirtioRandom()])
-    assert second.restored_from is None
+    # The broken template was discarded, and this VM built a good one and cloned it.
+    assert second.restored_from == snapshot.state
     assert second.check("echo ok") == "ok\n"
-    assert snapshot.exists(), "the VM that booted saves a good snapshot again"
+    third = start_vm([VirtioRandom()])
+    assert third.restored_from == snapshot.state
 
 
 def test_an_empty_snapshot_is_discarded_and_rebuilt_once(start_vm: StartVM, tmp_path: Path) -> None:
@@ -97,7 +101,7 @@ def test_an_empty_snapshot_is_discarded_and_rebuilt_once(start_vm: StartVM, tmp_
     # What a writer killed before its first byte leaves behind.
     snapshot.state.write_bytes(b"")
     rebuilt = start_vm([VirtioRandom()])
-    assert rebuilt.restored_from is None
+    assert rebuilt.restored_from == snapshot.state
     assert snapshot.state.stat().st_size > 0, "the empty snapshot was not rebuilt"
     restored = start_vm([VirtioRandom()])
     assert restored.restored_from == snapshot.state
@@ -126,3 +130,18 @@ def _with_one_partition(size: int) -> bytes:
     mbr[446 : 446 + 16] = entry
     mbr[510:512] = b"\x55\xaa"
     return bytes(mbr) + b"\0" * (size - 512)
+
+
+def test_clones_never_write_to_their_template(start_vm: StartVM) -> None:
+    first = start_vm([VirtioRandom()])
+    snapshot = first._snapshot
+    assert snapshot is not None
+    before = hashlib.sha256(snapshot.ram.read_bytes()).hexdigest()
+    # Fill most of the guest's free memory, in two clones at once.
+    second = start_vm([VirtioRandom()])
+    for vm in (first, second):
+        vm.check("dd if=/dev/urandom of=/tmp/fill bs=1M count=100 2>/dev/null; sync")
+    assert first.check("md5sum /tmp/fill") != second.check("md5sum /tmp/fill")
+    assert hashlib.sha256(snapshot.ram.read_bytes()).hexdigest() == before
+    third = start_vm([VirtioRandom()])
+    assert third.run("ls /tmp/fill").returncode != 0

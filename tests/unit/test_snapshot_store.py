@@ -20,14 +20,23 @@ def test_an_empty_state_does_not_count_and_is_removed(tmp_path: Path) -> None:
     snapshot = SnapshotStore(tmp_path).get("k")
     snapshot.state.write_bytes(b"")
     snapshot.console.write_text("boot")
+    snapshot.ram.write_bytes(b"ram")
     assert not snapshot.exists()
-    assert not snapshot.state.exists() and not snapshot.console.exists()
+    assert not any(path.exists() for path in (snapshot.state, snapshot.console, snapshot.ram))
+
+
+def test_a_state_without_its_template_ram_does_not_count(tmp_path: Path) -> None:
+    snapshot = SnapshotStore(tmp_path).get("k")
+    snapshot.state.write_bytes(b"state")
+    assert not snapshot.exists()
+    assert not snapshot.state.exists()
 
 
 def test_the_lock_file_goes_once_the_snapshot_is_built(tmp_path: Path) -> None:
     snapshot = SnapshotStore(tmp_path).get("k")
     with snapshot.building():
         assert snapshot.lock_path.exists()
+        snapshot.ram.write_bytes(b"ram")
         snapshot.state.write_bytes(b"state")
     assert not snapshot.lock_path.exists()
     with snapshot.building():
