@@ -95,9 +95,14 @@ def start_vm(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | Non
     return VM(spec, log_dir=Path(tempfile.mkdtemp(dir=log_root)), snapshots=snapshots).start()
 
 
-def timed_start(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None) -> float:
+def timed_start(
+    guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None, command: bool = False
+) -> float:
+    """Seconds until a VM is ready (and, with *command*, has run its first command)."""
     started = time.monotonic()
     vm = start_vm(guest, log_root, snapshots)
+    if command:
+        vm.check("true")
     elapsed = time.monotonic() - started
     vm.kill()
     return elapsed
@@ -149,9 +154,14 @@ def main() -> None:
         store = SnapshotStore(work / "snapshots")
         timed_start(guest, work, store)  # builds the snapshot
         restored = measure(
-            "4. pytest-qemu VM, restored from a snapshot, ready for vm.run",
+            "4. pytest-qemu VM, cloned from a template, ready for vm.run",
             arguments.repeat,
             lambda: timed_start(guest, work, store),
+        )
+        first_command = measure(
+            "4b. pytest-qemu VM, cloned from a template, first command done",
+            arguments.repeat,
+            lambda: timed_start(guest, work, store, command=True),
         )
         vm = start_vm(guest, work, store)
         round_trips = []
@@ -189,14 +199,16 @@ def main() -> None:
             f"{median(cold) / median(fast):.2f} (target <= 1.10)"
         )
         print(
-            "  4/1 snapshot restore over a plain boot: "
-            f"{median(restored) / median(plain):.3f} (target <= 0.050)"
+            "  4/1 template clone over a plain boot: "
+            f"{median(restored) / median(plain):.3f} (target <= 0.030); "
+            f"4 itself {median(restored):.3f} s (target <= 0.10), "
+            f"4b {median(first_command):.3f} s (target <= 0.15)"
         )
         sequential = arguments.suite_tests * median(plain)
         print(
             f"  6b over {arguments.suite_tests} plain boots one after another "
             f"({sequential:.1f} s): "
-            f"{median(parallel) / sequential:.3f} (target < {1 / 15:.3f})"
+            f"{median(parallel) / sequential:.3f} (target <= {1 / 40:.3f})"
         )
         print(f"  6a/6b speed-up of -n 2 over -n 0: {median(serial) / median(parallel):.2f}")
     finally:

@@ -81,10 +81,11 @@ def personalise_command(
         steps.append(f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom")
     if with_devices:
         setup = " ".join(shlex.quote(argument) for argument in setup_args)
+        # Disks were probed when the template was saved: forget what the guest cached
+        # of them and read their partition tables again.
         steps.append(
-            "echo 3 >/proc/sys/vm/drop_caches"
-            '; for disk in /sys/block/vd*; do [ -e "$disk" ] &&'
-            " blockdev --rereadpt /dev/${disk##*/} 2>/dev/null; done"
-            f"; /etc/pytest-qemu/setup {setup}"
+            'for disk in /sys/block/vd*; do [ -e "$disk" ] || break;'
+            " echo 3 >/proc/sys/vm/drop_caches; blockdev --rereadpt /dev/${disk##*/};"
+            f" done 2>/dev/null; /etc/pytest-qemu/setup {setup}"
         )
     return "; ".join(steps)
