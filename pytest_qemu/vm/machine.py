@@ -29,6 +29,7 @@ from pytest_qemu.channels.base import (
     NoReply,
     RequestRefused,
 )
+from pytest_qemu.devices.base import DeviceContext
 from pytest_qemu.errors import (
     AgentDied,
     BootTimeout,
@@ -120,6 +121,18 @@ class VM:
                     layout,
                 )
                 self._snapshot = snapshots.get(key)
+            #: Why this VM boots instead of being cloned from a template (None if cloned).
+            self.boot_reason: str | None = None
+            if snapshots is None:
+                self.boot_reason = "snapshots are off for this VM"
+            elif layout is None:
+                blocker = next(
+                    d for d in spec.devices if d.snapshot_layout(DeviceContext()) is None
+                )
+                self.boot_reason = (
+                    f"{blocker!r} cannot be carried into a clone (its guest-visible state is "
+                    "not known before the VM starts)"
+                )
         except BaseException:
             # No VM will exist to free these at teardown.
             for device in spec.devices:

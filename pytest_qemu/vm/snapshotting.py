@@ -82,6 +82,7 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
         if _save(vm, snapshot, partial_ram):
             vm._stop_process()
             return False
+        vm.boot_reason = "the template could not be saved (see the SnapshotWarning)"
         # Unlinked, the file stays mapped by this VM alone.
         partial_ram.unlink(missing_ok=True)
         vm._personalise()
@@ -127,6 +128,7 @@ def _clone(vm: VM, snapshot: Snapshot) -> bool:
                 vm.failure_report(f"QEMU refused to start: {explanation}", argv)
             ) from None
         snapshot.discard()
+        vm.boot_reason = f"cloning the template failed: {str(error).splitlines()[0]}"
         warnings.warn(
             SnapshotWarning(
                 f"cloning snapshot {snapshot.state} failed, booting instead: "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, Disk, Network, P9Directory, VirtioRandom, VMFactory
+from pytest_qemu import VM, ArbitraryArgs, Disk, Network, P9Directory, VirtioRandom, VMFactory
 from pytest_qemu.devices.base import Device
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.snapshot import SnapshotStore
@@ -145,3 +145,11 @@ def test_clones_never_write_to_their_template(start_vm: StartVM) -> None:
     assert hashlib.sha256(snapshot.ram.read_bytes()).hexdigest() == before
     third = start_vm([VirtioRandom()])
     assert third.run("ls /tmp/fill").returncode != 0
+
+
+def test_a_vm_that_cannot_be_cloned_says_why(start_vm: StartVM) -> None:
+    vm = start_vm([ArbitraryArgs(["-device", "virtio-rng-pci"])])
+    assert vm.restored_from is None
+    assert vm.boot_reason is not None and "ArbitraryArgs" in vm.boot_reason
+    cloned = start_vm([VirtioRandom()])
+    assert cloned.boot_reason is None
