@@ -41,6 +41,7 @@ def make_settings(cache_dir: Path, **overrides: object) -> QemuSettings:
         "userland": "busybox",
         "kernel": None,
         "initramfs": None,
+        "image": None,
         "kernel_args": (),
         "accel": "tcg",
         "memory": 256,

@@ -11,6 +11,7 @@ import abc
 import itertools
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class DeviceContext:
@@ -81,6 +82,15 @@ class Device(abc.ABC):
         other. The kinds are free text shown in the error.
         """
         return []
+
+    def template_file(self) -> Path | None:
+        """A file whose content is part of the guest's state (a disk overlay the guest
+        wrote to), which a VM template built with this device must keep; None if none."""
+        return None
+
+    def use_template_file(self, frozen: Path, overlay: Path) -> None:  # noqa: B027
+        """Make a clone use *overlay*, a new overlay over a template's *frozen* copy of
+        :meth:`template_file`."""
 
     def release(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""

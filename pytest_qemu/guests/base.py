@@ -25,7 +25,8 @@ from pytest_qemu.platforms import Platform
 class BootFiles:
     """What QEMU boots: a kernel, an optional initramfs, and the guest's kernel arguments."""
 
-    kernel: Path
+    #: None: boot through the firmware and the disk's own boot loader.
+    kernel: Path | None
     initramfs: Path | None
     kernel_args: tuple[str, ...]
 
@@ -35,6 +36,9 @@ class Guest(abc.ABC):
 
     #: The architecture this guest runs on.
     platform: Platform
+    #: Whether the guest applies ``pytest_qemu.*`` settings (mounts, addresses) from the
+    #: kernel command line when it boots; if not, they are applied through the channel.
+    reads_setup_from_kernel_command_line: bool = True
 
     @property
     def default_cwd(self) -> str:
@@ -49,8 +53,11 @@ class Guest(abc.ABC):
     def channel(self, socket_dir: Path) -> CommandChannel:
         """A new, unconnected command channel for one VM, its sockets in *socket_dir*."""
 
-    def devices(self, requested: Sequence[Device]) -> list[Device]:
-        """The VM's devices: *requested* plus any this kind of guest always needs."""
+    def devices(self, requested: Sequence[Device], workdir: Path) -> list[Device]:
+        """The VM's devices: *requested* plus any this kind of guest always needs.
+
+        *workdir* is the VM's own directory, for per-VM files (disk overlays).
+        """
         return list(requested)
 
     def personalise_command(

@@ -40,7 +40,7 @@ class HostUserlandGuest(Guest):
         self._base = base
         self._writable = tuple(Path(directory).absolute() for directory in writable)
 
-    def devices(self, requested: Sequence[Device]) -> list[Device]:
+    def devices(self, requested: Sequence[Device], workdir: Path) -> list[Device]:
         # The root first: the writable shares are mounted inside it.
         shares: list[Device] = [
             P9Directory(

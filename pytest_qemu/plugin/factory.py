@@ -13,6 +13,7 @@ from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.host_userland import HostUserlandGuest
+from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.options import USERLAND_CHOICES
 from pytest_qemu.plugin.session import QemuSession
@@ -28,6 +29,9 @@ class VMFactory:
     overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
     ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
     (``"busybox"`` or ``"host"``), ``kernel`` and ``initramfs`` (your own),
+    ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
+    or ``"console"``, and ``credentials`` = ``(user, password)`` for a console
+    login),
     ``boot_timeout`` (seconds) and ``snapshot`` (``False`` to boot even when
     snapshots are on). Defaults come from the run's ``--qemu-*`` options.
 
@@ -50,6 +54,7 @@ class VMFactory:
         self._defaults = dict(defaults or {})
         self._lock = threading.Lock()
         self._host_userland: dict[str, HostUserlandGuest] = {}
+        self._started = 0
         #: The VMs started so far, in order (the fixtures report their consoles on failure).
         self.vms: list[VM] = []
 
@@ -95,6 +100,10 @@ class VMFactory:
         snapshot: bool | None = None,
         arch: str | None = None,
         userland: str | None = None,
+        image: str | os.PathLike[str] | None = None,
+        persistent: bool = False,
+        channel: str | None = None,
+        credentials: tuple[str, str] | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
         arch = arch if arch is not None else _optional_str(self._defaults.get("arch"))
@@ -103,14 +112,33 @@ class VMFactory:
             devices, memory, cpus, boot_timeout, kernel_args, qemu_args
         )
         settings = self._session.settings
-        guest = self._guest(
-            arch,
-            userland or settings.userland,
-            _existing(kernel, "kernel") or settings.kernel,
-            _existing(initramfs, "initramfs") or settings.initramfs,
-        )
+        kernel_path = _existing(kernel, "kernel") or settings.kernel
+        initramfs_path = _existing(initramfs, "initramfs") or settings.initramfs
+        image_path = Path(image).expanduser().absolute() if image is not None else settings.image
+        with self._lock:
+            log_dir = self._log_root / f"vm{self._started}"
+            self._started += 1
+        log_dir.mkdir(parents=True, exist_ok=True)
+        guest: Guest
+        if image_path is not None:
+            guest = ImageGuest(
+                self._session.platform(arch),
+                image_path,
+                kernel=kernel_path,
+                initramfs=initramfs_path,
+                channel=channel or "qga",
+                persistent=persistent,
+                credentials=credentials,
+            )
+        else:
+            if channel is not None or persistent or credentials is not None:
+                raise ConfigurationError(
+                    "channel=, persistent= and credentials= are for VMs booting an image: "
+                    "give image= too"
+                )
+            guest = self._guest(arch, userland or settings.userland, kernel_path, initramfs_path)
         platform = guest.platform
-        all_devices = guest.devices(device_list)
+        all_devices = guest.devices(device_list, log_dir)
         boot = guest.boot_files(all_devices)
         spec = MachineSpec(
             kernel=boot.kernel,
@@ -127,7 +155,7 @@ class VMFactory:
         with self._lock:
             vm = VM(
                 spec,
-                log_dir=self._log_root / f"vm{len(self.vms)}",
+                log_dir=log_dir,
                 boot_timeout=settings.boot_timeout if boot_timeout is None else boot_timeout,
                 snapshots=self._snapshots if snapshot in (None, True) else None,
                 guest=guest,

@@ -29,6 +29,11 @@ _OPTIONS = (
     ),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
+    (
+        "image",
+        "a disk image to boot instead of the default guest (each VM writes to a throwaway overlay)",
+        "",
+    ),
     ("kernel-args", "extra kernel command-line arguments", ""),
     (
         "accel",
@@ -141,6 +146,7 @@ class QemuSettings:
     userland: str
     kernel: Path | None
     initramfs: Path | None
+    image: Path | None
     kernel_args: tuple[str, ...]
     accel: str
     memory: int
@@ -170,6 +176,7 @@ class QemuSettings:
             userland=userland,
             kernel=_existing_file(config, "kernel"),
             initramfs=_existing_file(config, "initramfs"),
+            image=_existing_file(config, "image"),
             kernel_args=_kernel_args(config),
             accel=accel,
             memory=_memory(config),

@@ -20,7 +20,9 @@ ACCELERATORS = ("tcg", "kvm")
 class MachineSpec:
     """Everything that decides a VM's command line."""
 
-    kernel: Path
+    #: The kernel to boot directly; None to boot through the firmware (a disk image's
+    #: own boot loader).
+    kernel: Path | None
     initramfs: Path | None = None
     kernel_args: Sequence[str] = ()
     devices: Sequence[Device] = ()
@@ -95,7 +97,7 @@ class MachineSpec:
         # boots from kernel + 2 x initramfs (the archive stays in memory while it is unpacked)
         # + about 17 MiB, plus about 1 MiB per CPU; 24 MiB leaves room to run commands.
         mib = 1024 * 1024
-        kernel_bytes = kernel_size(Path(self.kernel))
+        kernel_bytes = None if self.kernel is None else kernel_size(Path(self.kernel))
         initramfs_bytes = file_size(None if self.initramfs is None else Path(self.initramfs))
         needed = (kernel_bytes or 0) + 2 * (initramfs_bytes or 0)
         minimum = -(-needed // mib) + 24 + self.cpus
@@ -268,12 +270,13 @@ def build_command_line(
         "-m", str(spec.memory),
         "-smp", str(spec.cpus),
         *_memory_backend_args(spec.memory, memory_file, share_memory),
-        "-kernel", str(spec.kernel),
     ]  # fmt: skip
-    if spec.initramfs is not None:
-        argv += ["-initrd", str(spec.initramfs)]
-    if kernel_args:
-        argv += ["-append", " ".join(kernel_args)]
+    if spec.kernel is not None:
+        argv += ["-kernel", str(spec.kernel)]
+        if spec.initramfs is not None:
+            argv += ["-initrd", str(spec.initramfs)]
+        if kernel_args:
+            argv += ["-append", " ".join(kernel_args)]
     argv += [
         "-chardev", server_socket("qmp", paths.qmp_socket),
         "-mon", "chardev=qmp,mode=control",

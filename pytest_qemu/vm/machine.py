@@ -103,6 +103,7 @@ class VM:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
         self._channel = self._new_channel()
+        self._setup_at_boot = guest is None or guest.reads_setup_from_kernel_command_line
         self._snapshot: Snapshot | None = None
         try:
             layout = device_layout(spec.devices) if snapshots is not None else None
@@ -111,7 +112,7 @@ class VM:
                 self._paths,
                 channel_args=self._channel.qemu_args(),
                 # Settings go on the kernel command line unless the VM is personalised later.
-                setup_on_kernel_command_line=layout is None,
+                setup_on_kernel_command_line=layout is None and self._setup_at_boot,
             )
             if snapshots is not None and layout is not None:
                 key = snapshot_key(
@@ -168,7 +169,10 @@ class VM:
         try:
             if self._snapshot is None:
                 self._boot(started)
-                self._check_boot_setup()
+                if self._setup_at_boot:
+                    self._check_boot_setup()
+                else:
+                    self._personalise()
             else:
                 start_from_snapshot(self, self._snapshot, started)
         except BaseException:

@@ -34,7 +34,7 @@ def snapshot_key(
     parts = [
         _FORMAT_VERSION,
         file_fingerprint(qemu_path),
-        file_fingerprint(spec.kernel),
+        file_fingerprint(spec.kernel) if spec.kernel else "-",
         file_fingerprint(spec.initramfs) if spec.initramfs else "-",
         spec.platform.name,
         "\0".join(spec.platform.machine_args),
@@ -92,12 +92,26 @@ class Snapshot:
         """
         return self.ram.with_name(f".{self.ram.name}.{os.getpid()}.partial")
 
-    def publish(self, partial: Path, partial_ram: Path, console_log: Path) -> None:
+    def disk(self, index: int) -> Path:
+        """The template's frozen copy of a disk the guest wrote to (its overlay), by position."""
+        return self.state.with_name(f"{self.state.stem}.disk{index}")
+
+    def publish(
+        self,
+        partial: Path,
+        partial_ram: Path,
+        console_log: Path,
+        disks: Sequence[Path] = (),
+    ) -> None:
         """Make a completed save visible to every process; the state file goes last,
-        since its presence is what says the snapshot is there."""
+        since its presence is what says the snapshot is there. *disks* (the overlays
+        the template VM wrote to) are moved in, frozen: clones only read them."""
         console_partial = self.console.with_name(f".{self.console.name}.{os.getpid()}.partial")
         shutil.copyfile(console_log, console_partial)
         os.replace(console_partial, self.console)
+        for index, disk in enumerate(disks):
+            disk.chmod(0o444)
+            os.replace(disk, self.disk(index))
         os.replace(partial_ram, self.ram)
         os.replace(partial, self.state)
 
@@ -109,7 +123,12 @@ class Snapshot:
     def discard(self) -> None:
         """Remove a snapshot that failed to restore, so the next VM rebuilds it."""
         # Clones running from it keep their mapping of the RAM file: unlinking is safe.
-        for path in (self.state, self.console, self.ram):
+        for path in (
+            self.state,
+            self.console,
+            self.ram,
+            *self.state.parent.glob(f"{self.state.stem}.disk*"),
+        ):
             path.unlink(missing_ok=True)
 
 

@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPError
 
-from pytest_qemu.errors import VMError, VMExited
+from pytest_qemu.errors import ConfigurationError, VMError, VMExited
+from pytest_qemu.guests.overlays import create_overlay
 from pytest_qemu.vm.argv import build_command_line
 from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from pytest_qemu.devices.base import Device
     from pytest_qemu.vm.machine import VM
 
 #: A restore answers in well under a second; past this, boot instead.
@@ -79,7 +81,7 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
         vm._launch(argv, console_prefix=None)
         vm.argv = argv
         vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
-        if _save(vm, snapshot, partial_ram):
+        if _save(vm, snapshot, partial_ram, _template_files(vm)):
             vm._stop_process()
             return False
         vm.boot_reason = "the template could not be saved (see the SnapshotWarning)"
@@ -97,6 +99,23 @@ def _clone(vm: VM, snapshot: Snapshot) -> bool:
     A failure caused by the user's set-up (a disk another VM holds) is raised
     instead: booting would fail the same way, and the snapshot is fine.
     """
+    # Each disk the template wrote to: a new overlay over its frozen copy, so that the
+    # clone's disks match the memory it starts from.
+    switched: list[tuple[Device, Path]] = []
+    try:
+        for index, device in enumerate(
+            device for device in vm.spec.devices if device.template_file() is not None
+        ):
+            original = device.template_file()
+            assert original is not None
+            overlay = vm.log_dir / f"clone-disk{index}.qcow2"
+            overlay.unlink(missing_ok=True)
+            create_overlay(snapshot.disk(index), "qcow2", overlay)
+            device.use_template_file(snapshot.disk(index), overlay)
+            switched.append((device, original))
+    except ConfigurationError as error:
+        _give_up_clone(vm, snapshot, switched, error, "")
+        return False
     argv = build_command_line(
         vm.spec,
         vm._paths,
@@ -127,21 +146,34 @@ def _clone(vm: VM, snapshot: Snapshot) -> bool:
             raise VMExited(
                 vm.failure_report(f"QEMU refused to start: {explanation}", argv)
             ) from None
-        snapshot.discard()
-        vm.boot_reason = f"cloning the template failed: {str(error).splitlines()[0]}"
-        warnings.warn(
-            SnapshotWarning(
-                f"cloning snapshot {snapshot.state} failed, booting instead: "
-                f"{str(error).splitlines()[0]}" + (f"\nQEMU stderr:\n{stderr}" if stderr else "")
-            ),
-            stacklevel=5,
-        )
+        _give_up_clone(vm, snapshot, switched, error, stderr)
         return False
     vm.argv = argv
     vm.restored_from = snapshot.state
     snapshot.mark_used()
     vm._personalise()
     return True
+
+
+def _give_up_clone(
+    vm: VM,
+    snapshot: Snapshot,
+    switched: list[tuple[Device, Path]],
+    error: Exception,
+    stderr: str,
+) -> None:
+    """Discard *snapshot* and put the devices back on their own files, to boot instead."""
+    for device, original in switched:
+        device.use_template_file(snapshot.disk(0), original)
+    snapshot.discard()
+    vm.boot_reason = f"cloning the template failed: {str(error).splitlines()[0]}"
+    warnings.warn(
+        SnapshotWarning(
+            f"cloning snapshot {snapshot.state} failed, booting instead: "
+            f"{str(error).splitlines()[0]}" + (f"\nQEMU stderr:\n{stderr}" if stderr else "")
+        ),
+        stacklevel=6,
+    )
 
 
 def _wait_until_restored(vm: VM, deadline: float) -> None:
@@ -162,7 +194,12 @@ def _wait_until_restored(vm: VM, deadline: float) -> None:
         time.sleep(0.005)
 
 
-def _save(vm: VM, snapshot: Snapshot, partial_ram: Path) -> bool:
+def _template_files(vm: VM) -> list[Path]:
+    """The files the template VM's devices wrote guest state to (disk overlays)."""
+    return [path for device in vm.spec.devices if (path := device.template_file()) is not None]
+
+
+def _save(vm: VM, snapshot: Snapshot, partial_ram: Path, disks: list[Path]) -> bool:
     """Save the template VM *vm*'s device state and publish the template; True on success."""
     assert vm._launched is not None
     qmp = vm._launched.qmp
@@ -183,7 +220,7 @@ def _save(vm: VM, snapshot: Snapshot, partial_ram: Path) -> bool:
                 break
             time.sleep(0.005)
         if status == "completed":
-            snapshot.publish(partial, partial_ram, vm.console_log)
+            snapshot.publish(partial, partial_ram, vm.console_log, disks)
             return True
         qmp.execute("cont", None, 30)
     except QMPError as error:

@@ -65,7 +65,7 @@ def test_ctrl_c_during_a_snapshot_save_leaves_no_partial_file(tmp_path: Path) ->
     vm._launched = machine._Launch(finished, _InterruptedSave(snapshot.partial_path()))  # type: ignore[arg-type]
     try:
         with pytest.raises(KeyboardInterrupt):
-            snapshotting._save(vm, snapshot, snapshot.partial_ram_path())
+            snapshotting._save(vm, snapshot, snapshot.partial_ram_path(), [])
         assert not snapshot.partial_path().exists()
         assert not snapshot.exists()
     finally:

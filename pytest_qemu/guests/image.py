@@ -1,0 +1,119 @@
+"""Your own operating system image: a disk that boots by itself, reached through its agent.
+
+The image is attached as ``/dev/vda`` behind a throwaway qcow2 overlay (or
+written in place with ``persistent=True``) and boots through the firmware and
+its own boot loader, or directly from a kernel given beside it. Commands go
+through the QEMU guest agent the image runs (``channel="qga"``, the default)
+or a shell on its serial console (``channel="console"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pytest_qemu.cache import file_fingerprint
+from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.devices.base import Device
+from pytest_qemu.devices.systemdisk import SystemDisk
+from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.guests.base import BootFiles, Guest
+from pytest_qemu.guests.initramfs import guest_script
+from pytest_qemu.guests.overlays import create_overlay, image_format
+from pytest_qemu.platforms import Platform
+
+#: Each channel an image can be reached through: its module and class.
+CHANNELS = {
+    "qga": ("pytest_qemu.channels.qga", "GuestAgentChannel"),
+    "console": ("pytest_qemu.channels.console", "ConsoleChannel"),
+}
+
+
+class ImageGuest(Guest):
+    """A VM booting the disk image *image* (see the module's docstring)."""
+
+    reads_setup_from_kernel_command_line = False
+
+    def __init__(
+        self,
+        platform: Platform,
+        image: Path,
+        *,
+        kernel: Path | None = None,
+        initramfs: Path | None = None,
+        channel: str = "qga",
+        persistent: bool = False,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        if not image.is_file():
+            raise ConfigurationError(f"disk image {str(image)!r}: no such file")
+        if channel not in CHANNELS:
+            raise ConfigurationError(
+                f"channel {channel!r} is not one of {sorted(CHANNELS)}: 'qga' needs "
+                "qemu-guest-agent in the image, 'console' any shell on its serial console"
+            )
+        if initramfs is not None and kernel is None:
+            raise ConfigurationError(
+                f"initramfs {str(initramfs)!r} was given without a kernel: an image boots "
+                "through its own boot loader unless kernel= is given too"
+            )
+        self.platform = platform
+        self.image = image
+        self.format = image_format(image)
+        self.kernel = kernel
+        self.initramfs = initramfs
+        self.channel_name = channel
+        self.persistent = persistent
+        self.credentials = credentials
+        self._identity = file_fingerprint(image)
+
+    def devices(self, requested: Sequence[Device], workdir: Path) -> list[Device]:
+        if self.persistent:
+            disk = SystemDisk(self.image, self.format, self._identity, persistent=True)
+        else:
+            overlay = create_overlay(self.image, self.format, workdir / "system-overlay.qcow2")
+            disk = SystemDisk(overlay, "qcow2", self._identity, persistent=False)
+        return [disk, *requested]
+
+    def boot_files(self, devices: Sequence[Device]) -> BootFiles:
+        if self.kernel is None:
+            return BootFiles(None, None, ())
+        # The user's kernel arguments come from the factory; the plugin adds only a console.
+        return BootFiles(self.kernel, self.initramfs, (f"console={self.platform.console}",))
+
+    def channel(self, socket_dir: Path) -> CommandChannel:
+        module_name, class_name = CHANNELS[self.channel_name]
+        channel_class = getattr(importlib.import_module(module_name), class_name)
+        channel: CommandChannel
+        if self.channel_name == "console":
+            channel = channel_class(socket_dir, credentials=self.credentials)
+        else:
+            channel = channel_class(socket_dir)
+        return channel
+
+    @property
+    def default_cwd(self) -> str:
+        return "/root"
+
+    def personalise_command(
+        self, setup_args: Sequence[str], with_devices: bool, clock_and_entropy: bool = True
+    ) -> str:
+        # The image has no pytest-qemu scripts: the setup script travels in the command.
+        steps = []
+        if clock_and_entropy:
+            steps.append(f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom")
+        if setup_args:
+            script = guest_script("setup").decode()
+            arguments = " ".join(shlex.quote(argument) for argument in setup_args)
+            steps.append(f"sh -c {shlex.quote(script)} pytest-qemu-setup {arguments}")
+        return "; ".join(steps)
+
+    @property
+    def snapshot_key_parts(self) -> tuple[str, ...]:
+        return ("image", self._identity, self.channel_name)
+
+    def __repr__(self) -> str:
+        return f"ImageGuest({str(self.image)!r}, channel={self.channel_name!r})"
