@@ -1,0 +1,251 @@
+"""Commands through a shell on the guest's serial console, for images without an agent.
+
+Slower than an agent, but any Linux image with a shell on its console works.
+The channel logs in if the console asks (with the credentials given), turns
+the terminal's echo off and quiets kernel messages, then frames each command
+with markers made of a per-command nonce: the command's stdout and stderr go
+to files in the guest and come back base64-encoded between the markers, with
+the exit status, so they are kept apart and binary-safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import re
+import secrets
+import select
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pytest_qemu.channels.base import (
+    ChannelClosed,
+    CommandChannel,
+    CommandRequest,
+    CommandResult,
+    CommandTimedOut,
+    NoReply,
+    RequestRefused,
+)
+from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
+from pytest_qemu.sockets import connect_unix
+
+_PROBE_INTERVAL = 1.0
+_REPLY_GRACE = 10.0
+_LOGIN_PROMPT = re.compile(rb"login:\s*$", re.M)
+_PASSWORD_PROMPT = re.compile(rb"[Pp]assword:\s*$", re.M)
+_CURSOR_QUERY = b"\x1b[6n"
+#: Where the guest keeps a command's input and output while it runs.
+_WORK = "/tmp/.pytest-qemu"
+
+
+class ConsoleChannel(CommandChannel):
+    """A shell on the serial console, reached through QEMU's console socket.
+
+    *credentials* ``(user, password)`` answer a login prompt; without them a
+    login prompt is an error that says so. The channel takes the console's
+    socket for itself: ``vm.console.write`` cannot be used with it (the
+    console log, ``vm.console.text()`` and ``expect``, still works).
+    """
+
+    def __init__(self, socket_dir: Path, credentials: tuple[str, str] | None = None) -> None:
+        self.socket_path = socket_dir / "console.sock"
+        self.credentials = credentials
+        self._socket: socket.socket | None = None
+        self._buffer = bytearray()
+        self._ids = itertools.count(1)
+
+    def qemu_args(self) -> list[str]:
+        return []  # the VM's serial console is the transport
+
+    def connect(self, deadline: float, qemu_running: Callable[[], bool]) -> None:
+        self._socket = connect_unix(self.socket_path, deadline, qemu_running)
+        self._socket.setblocking(False)
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    def wait_ready(self, deadline: float, resumed: bool = False) -> str:
+        nonce = secrets.token_hex(6)
+        # The shell prints the marker with the sum worked out; its echo of the command
+        # line shows the expression, so the echo is never taken for the answer.
+        marker = f"PQ_READY_{nonce}_42".encode()
+        probe = f"echo PQ_READY_{nonce}_$((40 + 2))\n".encode()
+        logged_in = False
+        next_probe = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if marker in self._buffer:
+                break
+            if now >= deadline:
+                raise NoReply(
+                    "no shell answered on the serial console"
+                    + ("" if logged_in else " (and no login prompt appeared)")
+                )
+            if _LOGIN_PROMPT.search(bytes(self._buffer[-200:])):
+                if self.credentials is None:
+                    raise RequestRefused(
+                        "the serial console asks for a login: give credentials=(user, "
+                        "password), or let the image log in on its console by itself"
+                    )
+                self._buffer.clear()
+                self._send(f"{self.credentials[0]}\n".encode())
+                self._wait_for(_PASSWORD_PROMPT, min(deadline, time.monotonic() + 10))
+                self._send(f"{self.credentials[1]}\n".encode())
+                logged_in = True
+                next_probe = time.monotonic() + 0.5
+            if now >= next_probe:
+                self._send(probe)
+                next_probe = now + _PROBE_INTERVAL
+            self._receive(min(deadline, next_probe) - time.monotonic())
+        self._buffer.clear()
+        # A quiet, echo-free, prompt-free shell; kernel messages kept off the console.
+        setup = (
+            "stty -echo -onlcr 2>/dev/null; export PS1='' PS2='' TERM=dumb; "
+            f"dmesg -n 1 2>/dev/null; mkdir -p {_WORK}"
+        )
+        self._exchange(setup, deadline)
+        return "-"
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def run(self, request: CommandRequest) -> CommandResult:
+        request_id = next(self._ids)
+        work = f"{_WORK}/{request_id}"
+        limit = request.memory_limit or DEFAULT_MEMORY_LIMIT
+        stdout = CommandOutput(limit, request.spill_dir)
+        stderr = CommandOutput(limit, request.spill_dir)
+        command = request.command
+        if request.cwd:
+            command = f"cd {shlex.quote(request.cwd)} || exit 126\n{command}"
+        environment = " ".join(
+            shlex.quote(f"{name}={value}") for name, value in request.env.items()
+        )
+        runner = f"env {environment} sh -c {shlex.quote(command)}"
+        if request.timeout is not None:
+            seconds = max(1, round(request.timeout))
+            runner = f"timeout -s KILL {seconds} {runner}"
+        # A terminal reads at most 4095 characters a line: base64 in short lines.
+        stdin = base64.encodebytes(request.stdin).decode().rstrip("\n")
+        script = (
+            f"mkdir -p {work} && base64 -d > {work}/in <<'PQ_INPUT'\n{stdin}\nPQ_INPUT\n"
+            f"{runner} < {work}/in > {work}/out 2> {work}/err; status=$?\n"
+            f"echo; echo PQ_OUT_{request_id}; base64 {work}/out; echo PQ_ERR_{request_id}; "
+            f"base64 {work}/err; echo PQ_STATUS_{request_id}_$status; rm -rf {work}\n"
+        )
+        started = time.monotonic()
+        deadline = (
+            float("inf") if request.timeout is None else started + request.timeout + _REPLY_GRACE
+        )
+        self._send(script.encode())
+        status_line = re.compile(rf"PQ_STATUS_{request_id}_(-?\d+)\r?\n".encode())
+        match = self._wait_for(status_line, deadline)
+        # Read the match before the buffer it points into changes.
+        status, text = int(match.group(1)), bytes(self._buffer[: match.start()])
+        del self._buffer[: match.end()]
+        out_marker, err_marker = f"PQ_OUT_{request_id}".encode(), f"PQ_ERR_{request_id}".encode()
+        try:
+            out_part = text.split(out_marker, 1)[1].split(err_marker, 1)
+            stdout.write(_decode(out_part[0]))
+            stderr.write(_decode(out_part[1]))
+        except (IndexError, binascii.Error) as error:
+            raise RequestRefused(
+                f"the console's answer to {request.command!r} was garbled ({error}): "
+                "something else printed on the console while it ran"
+            ) from None
+        result = CommandResult(request.command, status, stdout, stderr, time.monotonic() - started)
+        if request.timeout is not None and status == 137 and result.duration >= request.timeout:
+            raise CommandTimedOut(result)
+        return result
+
+    def put(self, source: Path, guest_path: str, mode: int, timeout: float | None) -> None:
+        result = self.run(
+            CommandRequest(
+                f"base64 -d > {shlex.quote(guest_path)} && chmod {mode:o} "
+                f"{shlex.quote(guest_path)}",
+                stdin=base64.b64encode(source.read_bytes()),
+                timeout=timeout,
+            )
+        )
+        if result.returncode != 0:
+            raise RequestRefused(f"cannot write {guest_path}: {result.stderr.strip()}")
+
+    def get(self, guest_path: str, destination: Path, timeout: float | None) -> int:
+        quoted = shlex.quote(guest_path)
+        result = self.run(
+            CommandRequest(f"stat -c %a {quoted} >&2 && cat {quoted}", timeout=timeout)
+        )
+        if result.returncode != 0:
+            raise RequestRefused(f"cannot read {guest_path}: {result.stderr.strip()}")
+        mode = int(result.stderr.strip().splitlines()[-1], 8)
+        destination.write_bytes(result.stdout_bytes)
+        destination.chmod(mode)
+        return mode
+
+    # -- the console --------------------------------------------------------------------------
+
+    def _exchange(self, command: str, deadline: float) -> None:
+        marker = f"PQ_DONE_{secrets.token_hex(4)}"
+        self._send(f"{command}; echo {marker[:-1]}''{marker[-1]}\n".encode())
+        self._wait_for(re.compile(re.escape(marker.encode())), deadline)
+        self._buffer.clear()
+
+    def _send(self, data: bytes) -> None:
+        connection = self._connection()
+        view = memoryview(data)
+        while view:
+            try:
+                sent = connection.send(view)
+            except BlockingIOError:
+                select.select([], [connection], [], 1.0)
+                continue
+            except OSError as error:
+                raise ChannelClosed(f"the console connection broke: {error}") from None
+            view = view[sent:]
+
+    def _wait_for(self, pattern: re.Pattern[bytes], deadline: float) -> re.Match[bytes]:
+        while True:
+            match = pattern.search(self._buffer)
+            if match:
+                return match
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoReply("no answer on the serial console")
+            self._receive(remaining)
+
+    def _receive(self, timeout: float) -> None:
+        connection = self._connection()
+        readable, _, _ = select.select([connection], [], [], max(0.0, min(timeout, 1.0)))
+        if not readable:
+            return
+        try:
+            chunk = connection.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            raise ChannelClosed(f"the console connection broke: {error}") from None
+        if not chunk:
+            raise ChannelClosed("QEMU closed the console connection")
+        if _CURSOR_QUERY in chunk:
+            # Line-editing shells (busybox ash) ask the terminal where the cursor is and
+            # wait for the answer before they read a command: answer like a terminal.
+            chunk = chunk.replace(_CURSOR_QUERY, b"")
+            self._send(b"\x1b[1;1R")
+        self._buffer += chunk
+
+    def _connection(self) -> socket.socket:
+        if self._socket is None:
+            raise ChannelClosed("not connected to the console")
+        return self._socket
+
+
+def _decode(text: bytes) -> bytes:
+    return base64.b64decode(b"".join(text.split()), validate=True)
