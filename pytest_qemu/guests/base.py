@@ -40,6 +40,9 @@ class Guest(abc.ABC):
     #: kernel command line when it boots; if not, they are applied through the channel.
     reads_setup_from_kernel_command_line: bool = True
 
+    #: What to check when the guest does not answer within the boot timeout.
+    boot_timeout_hint: str = ""
+
     @property
     def default_cwd(self) -> str:
         """Where commands run when they name no directory ("": the channel's default)."""

@@ -95,6 +95,18 @@ class ImageGuest(Guest):
         return channel
 
     @property
+    def boot_timeout_hint(self) -> str:  # type: ignore[override]
+        if self.channel_name == "qga":
+            return (
+                "the image must run qemu-guest-agent (Debian: `apt-get install "
+                "qemu-guest-agent` in the image), or use channel='console'"
+            )
+        return (
+            "the image must run a shell on its serial console, logged in or behind a login "
+            "prompt that credentials=(user, password) answers; the console tail shows it"
+        )
+
+    @property
     def default_cwd(self) -> str:
         return "/root"
 

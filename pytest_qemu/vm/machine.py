@@ -251,6 +251,7 @@ class VM:
                 self.failure_report(
                     f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
                     f" ({error})"
+                    + (f"\n{self.guest.boot_timeout_hint}" if self.guest is not None else "")
                 )
             ) from None
 
