@@ -61,6 +61,14 @@ class AgentDied(VMError):
     The agent restarts by itself: the VM can run the next command."""
 
 
+class GuestKernelTrouble(VMError):
+    """The guest's kernel logged a warning, a BUG or an oops while the test ran.
+
+    Turn the check off for a test with ``@pytest.mark.qemu(kernel_warnings=False)``,
+    or for the run with ``--qemu-kernel-warnings=ignore``.
+    """
+
+
 class TransferFailed(QemuError):
     """A file could not be copied to or from the guest (a missing file, a full disk)."""
 

@@ -35,19 +35,4 @@ def recorded_leases(state_dir: Path) -> list[dict[str, object]]:
 
 def make_settings(cache_dir: Path, **overrides: object) -> QemuSettings:
     """Run settings as the options' defaults give them, with *overrides*."""
-    values: dict[str, object] = {
-        "binary": "",
-        "arch": None,
-        "userland": "busybox",
-        "kernel": None,
-        "initramfs": None,
-        "image": None,
-        "kernel_args": (),
-        "accel": "tcg",
-        "memory": 256,
-        "boot_timeout": 120.0,
-        "cache_dir": cache_dir,
-        "snapshots": False,
-    }
-    values.update(overrides)
-    return QemuSettings(**values)  # type: ignore[arg-type]
+    return QemuSettings.defaults(cache_dir=cache_dir, accel="tcg", snapshots=False, **overrides)

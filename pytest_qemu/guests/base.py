@@ -44,6 +44,11 @@ class Guest(abc.ABC):
     boot_timeout_hint: str = ""
 
     @property
+    def debug_symbols(self) -> Path | None:
+        """A kernel image with debug symbols for gdb, if one is installed."""
+        return None
+
+    @property
     def default_cwd(self) -> str:
         """Where commands run when they name no directory ("": the channel's default)."""
         return ""

@@ -85,6 +85,13 @@ class DefaultGuest(Guest):
             self._host_kernel = find_host_kernel(root / "boot", root / "lib" / "modules")
         return self._host_kernel
 
+    @property
+    def debug_symbols(self) -> Path | None:
+        """Debian's ``vmlinux`` with debug information (``linux-image-*-dbg``), if installed."""
+        root = self.platform.system_root(self._cache.root)
+        debug = root / "usr/lib/debug/boot" / f"vmlinux-{self.host_kernel.release}"
+        return debug if debug.is_file() else None
+
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         modules = [module for device in devices for module in device.guest_modules]
         return BootFiles(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -19,8 +21,10 @@ from pytest_qemu.plugin.fixtures import (
     qemu_vm,
     qemu_vm_factory,
 )
+from pytest_qemu.plugin.kernel_log import check_kernel_log
 from pytest_qemu.plugin.options import add_options
-from pytest_qemu.plugin.session import QemuSession, factories_key
+from pytest_qemu.plugin.reports import gather_logs, vm_report
+from pytest_qemu.plugin.session import QemuSession, factories_key, reports_key
 from pytest_qemu.vm.machine import kill_all_vms
 
 __all__ = [
@@ -44,9 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "qemu(snapshot=True, arch=None, userland=None): options for the test's VMs: "
-        "snapshot=False boots them instead of restoring a saved boot; arch='aarch64' "
-        "emulates another architecture; userland='host' runs commands in the host's root",
+        "qemu(snapshot=True, arch=None, userland=None, kernel_warnings=True): options for "
+        "the test's VMs: snapshot=False boots them instead of cloning a template; "
+        "arch='aarch64' emulates another architecture; userland='host' runs commands in the "
+        "host's root; kernel_warnings=False lets the guest kernel warn without failing",
     )
     try:
         QemuSession.of(config)
@@ -66,16 +71,65 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Attach the console of every VM a failed test started to its report."""
+    """Attach what every VM of a failed test did to its report: its transcript, the
+    console's last lines, QEMU's command line and stderr."""
     report = yield
+    item.stash.setdefault(reports_key, {})[report.when] = report
     if report.failed:
+        log_dir = QemuSession.of(item.config).settings.log_dir
         for factory in item.stash.get(factories_key, []):
             for index, vm in enumerate(factory.vms):
-                report.sections.append(
-                    (f"qemu vm{index} console ({vm.console_log})", vm.console.tail(40))
-                )
+                report.sections.append((f"qemu vm{index} ({vm.log_dir})", vm_report(vm)))
+                kept = vm.log_dir
+                if log_dir is not None:
+                    kept = gather_logs(vm, log_dir / _safe_name(item.nodeid) / f"vm{index}")
+                # JUnit XML carries these as <property> elements of the test case; it
+                # reads them from the teardown report, which copies the item's.
+                prop = (f"qemu_vm{index}_logs", str(kept))
+                if prop not in item.user_properties:
+                    item.user_properties.append(prop)
+                    report.user_properties.append(prop)
     return report
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", nodeid).strip("_")[:150]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """After a test body passes, fail it if a guest kernel of its VMs logged trouble."""
+    result = yield
+    marker = item.get_closest_marker("qemu")
+    wanted = QemuSession.of(item.config).settings.kernel_warnings == "fail"
+    if marker is not None and "kernel_warnings" in marker.kwargs:
+        wanted = bool(marker.kwargs["kernel_warnings"])
+    if wanted:
+        for factory in item.stash.get(factories_key, []):
+            for vm in factory.vms:
+                check_kernel_log(vm)
+    return result
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: add a finished worker's VM figures to the run's."""
+    data = getattr(node, "workeroutput", {}).get("pytest_qemu_stats")
+    if data:
+        QemuSession.of(node.config).stats.merge(data)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how the run's VMs started, and how fast."""
+    lines = QemuSession.of(terminalreporter.config).stats.lines()
+    if lines:
+        terminalreporter.write_sep("-", "pytest-qemu")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     kill_all_vms()
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output["pytest_qemu_stats"] = QemuSession.of(session.config).stats.as_data()

@@ -143,7 +143,13 @@ class VMFactory:
         spec = MachineSpec(
             kernel=boot.kernel,
             initramfs=boot.initramfs,
-            kernel_args=[*boot.kernel_args, *settings.kernel_args, *kernel_arg_list],
+            kernel_args=[
+                *boot.kernel_args,
+                *settings.kernel_args,
+                # A debugger needs the kernel where its symbols say it is.
+                *(["nokaslr"] if settings.gdb and boot.kernel is not None else []),
+                *kernel_arg_list,
+            ],
             devices=all_devices,
             platform=platform,
             qemu=settings.resolved_binary(platform),
@@ -159,9 +165,11 @@ class VMFactory:
                 boot_timeout=settings.boot_timeout if boot_timeout is None else boot_timeout,
                 snapshots=self._snapshots if snapshot in (None, True) else None,
                 guest=guest,
+                gdb=settings.gdb,
             )
             self.vms.append(vm)
         vm.start()
+        self._session.stats.record(vm)
         return vm
 
     def _guest(

@@ -13,12 +13,14 @@ from pytest_qemu.devices.network import Network
 from pytest_qemu.errors import QemuError
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.plugin.factory import VMFactory
+from pytest_qemu.plugin.keep import keep_alive
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import (
     QemuSession,
     factories_key,
     log_root_for,
     marker_options,
+    reports_key,
     snapshots_wanted,
 )
 from pytest_qemu.vm.machine import VM
@@ -86,7 +88,16 @@ def qemu_vm_factory(
     try:
         yield factory
     finally:
-        factory.close()
+        try:
+            if QemuSession.of(request.config).settings.keep_failed and _failed(request.node):
+                keep_alive(request.config, factory.vms, request.node.nodeid)
+        finally:
+            factory.close()
+
+
+def _failed(node: pytest.Item) -> bool:
+    reports = node.stash.get(reports_key, {})
+    return any(report.failed for report in reports.values())
 
 
 @pytest.fixture(scope="session")

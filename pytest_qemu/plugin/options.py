@@ -48,6 +48,19 @@ _OPTIONS = (
         "",
     ),
     ("snapshots", "restore VMs from a saved boot instead of booting them: on or off", "on"),
+    ("log-dir", "copy the logs and transcripts of failed tests' VMs into this directory", ""),
+    ("gdb", "on: give every VM a gdb stub (a UNIX socket) and boot kernels without KASLR", "off"),
+    (
+        "keep-failed",
+        "on: keep a failed test's VMs running after it and say how to reach them; with a "
+        "terminal, wait for Enter",
+        "off",
+    ),
+    (
+        "kernel-warnings",
+        "fail: a warning, BUG or oops in a guest kernel's log fails the test; ignore",
+        "fail",
+    ),
 )
 
 
@@ -55,8 +68,10 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("qemu", "QEMU virtual machines (pytest-qemu)")
     for name, help_text, default in _OPTIONS:
         dest = f"qemu_{name.replace('-', '_')}"
+        # On/off options work as flags too: --qemu-gdb means --qemu-gdb=on.
+        flag = {"nargs": "?", "const": "on"} if default in ("on", "off") else {}
         group.addoption(
-            f"--qemu-{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]"
+            f"--qemu-{name}", dest=dest, default=None, help=f"{help_text} [ini: {dest}]", **flag
         )
         parser.addini(dest, help_text, default=default)
 
@@ -137,6 +152,13 @@ def _existing_file(config: pytest.Config, name: str) -> Path | None:
     return path
 
 
+def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
+    value = _value(config, name)
+    if value not in choices:
+        raise ConfigurationError(f"--qemu-{name} {value!r} is not one of {choices}")
+    return value
+
+
 @dataclass(frozen=True)
 class QemuSettings:
     """The run's QEMU settings, from the command line, the ini file and defaults."""
@@ -153,6 +175,10 @@ class QemuSettings:
     boot_timeout: float
     cache_dir: Path | None
     snapshots: bool
+    kernel_warnings: str = "fail"
+    log_dir: Path | None = None
+    gdb: bool = False
+    keep_failed: bool = False
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -183,7 +209,33 @@ class QemuSettings:
             boot_timeout=_number(config, "boot-timeout", float),
             cache_dir=_cache_dir(config),
             snapshots=snapshots == "on",
+            kernel_warnings=_choice(config, "kernel-warnings", ("fail", "ignore")),
+            log_dir=Path(_value(config, "log-dir")).absolute()
+            if _value(config, "log-dir")
+            else None,
+            gdb=_choice(config, "gdb", ("on", "off")) == "on",
+            keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
         )
+
+    @classmethod
+    def defaults(cls, **overrides: object) -> QemuSettings:
+        """The settings the options' defaults give, with *overrides* (outside pytest)."""
+        values: dict[str, object] = {
+            "binary": "",
+            "arch": None,
+            "userland": "busybox",
+            "kernel": None,
+            "initramfs": None,
+            "image": None,
+            "kernel_args": (),
+            "accel": "auto",
+            "memory": 256,
+            "boot_timeout": 120.0,
+            "cache_dir": None,
+            "snapshots": True,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
 
     def resolved_binary(self, platform: Platform) -> str:
         """The path of the QEMU binary for *platform*; a clear error if it is not installed."""

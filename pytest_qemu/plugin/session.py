@@ -13,6 +13,7 @@ from pytest_qemu.errors import QemuError
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
+from pytest_qemu.plugin.summary import RunStats
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
 from pytest_qemu.vm.snapshot import SnapshotStore
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 session_key = pytest.StashKey["QemuSession"]()
 factories_key = pytest.StashKey[list["VMFactory"]]()
+#: A test's reports so far, by phase ("setup", "call", "teardown").
+reports_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 class QemuSession:
@@ -33,6 +36,8 @@ class QemuSession:
         self._cache = BuildCache(self.cache_dir)
         self._lock = threading.Lock()
         self._guests: dict[str, DefaultGuest] = {}
+        #: How this process's VMs started (the controller's holds every worker's).
+        self.stats = RunStats()
         self._accelerators: dict[str, AcceleratorChoice] = {}
 
     @classmethod
@@ -100,7 +105,11 @@ def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
     marker = request.node.get_closest_marker("qemu")
     if marker is None:
         return {}
-    return {name: value for name, value in marker.kwargs.items() if name != "snapshot"}
+    return {
+        name: value
+        for name, value in marker.kwargs.items()
+        if name not in ("snapshot", "kernel_warnings")
+    }
 
 
 def log_root_for(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext
-from pytest_qemu.devices.options import option_string, validate_kernel_argument
+from pytest_qemu.devices.options import escape, option_string, validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms import Platform, get_platform
 
@@ -157,13 +157,17 @@ class RuntimePaths:
     qmp_socket: Path
     console_socket: Path
     console_log: Path
+    #: The gdb stub's socket, if the VM has one.
+    gdb_socket: Path | None = None
 
     @classmethod
-    def in_directory(cls, socket_dir: Path, log_dir: Path) -> RuntimePaths:
+    def in_directory(cls, socket_dir: Path, log_dir: Path, gdb: bool = False) -> RuntimePaths:
+        """The paths of a VM whose sockets are in *socket_dir* and logs in *log_dir*."""
         return cls(
             qmp_socket=socket_dir / "qmp.sock",
             console_socket=socket_dir / "console.sock",
             console_log=log_dir / "console.log",
+            gdb_socket=socket_dir / "gdb.sock" if gdb else None,
         )
 
 
@@ -286,6 +290,9 @@ def build_command_line(
         ),
         "-serial", "chardev:console",
     ]  # fmt: skip
+    if paths.gdb_socket is not None:
+        argv += ["-gdb", option_string(f"unix:{escape(str(paths.gdb_socket))}", server=True,
+                                       wait=False)]  # fmt: skip
     argv += channel_args
     argv += device_args
     argv += list(spec.qemu_args)

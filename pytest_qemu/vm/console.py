@@ -12,6 +12,7 @@ from pathlib import Path
 from pytest_qemu.errors import VMError
 
 _POLL_INTERVAL = 0.02
+_CONTROL_SEQUENCE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
 
 
 class ConsoleTimeout(VMError):
@@ -28,7 +29,8 @@ class Console:
 
     def __init__(self, log_path: Path, socket_path: Path, is_running: Callable[[], bool]) -> None:
         self.log_path = log_path
-        self._socket_path = socket_path
+        #: QEMU's socket for the console (one client at a time).
+        self.socket_path = socket_path
         self._is_running = is_running
         self._cursor = 0
         self._lock = threading.Lock()
@@ -42,8 +44,10 @@ class Console:
             return ""
 
     def tail(self, lines: int = 30) -> str:
-        """The last *lines* lines of console output."""
-        return "\n".join(self.text().splitlines()[-lines:])
+        """The last *lines* lines of console output, without terminal control sequences
+        (a shell's cursor queries, colours)."""
+        clean = _CONTROL_SEQUENCE.sub("", self.text()).replace("\r", "")
+        return "\n".join(clean.splitlines()[-lines:])
 
     def expect(self, pattern: str | re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
         """Wait until *pattern* (a regular expression) appears after the last match.
@@ -77,7 +81,7 @@ class Console:
         with self._lock:
             if self._socket is None:
                 connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                connection.connect(str(self._socket_path))
+                connection.connect(str(self.socket_path))
                 self._socket = connection
             self._socket.sendall(payload)
 

@@ -37,6 +37,7 @@ from pytest_qemu.errors import (
     CommandTimeout,
     ConfigurationError,
     GuestUnresponsive,
+    QemuError,
     SetupError,
     TransferFailed,
     VMError,
@@ -53,6 +54,7 @@ from pytest_qemu.vm.qmp import QMPConnection
 from pytest_qemu.vm.rundir import make_run_directory
 from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
 from pytest_qemu.vm.snapshotting import start_from_snapshot
+from pytest_qemu.vm.transcript import Transcript
 
 _SOCKET_WAIT = 10.0
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
@@ -93,6 +95,7 @@ class VM:
         boot_timeout: float = 120.0,
         snapshots: SnapshotStore | None = None,
         guest: Guest | None = None,
+        gdb: bool = False,
     ) -> None:
         self.spec = spec
         self.boot_timeout = boot_timeout
@@ -101,7 +104,7 @@ class VM:
         self._socket_dir = make_run_directory()
         self.log_dir = log_dir if log_dir is not None else self._socket_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir)
+        self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir, gdb=gdb)
         self._channel = self._new_channel()
         self._setup_at_boot = guest is None or guest.reads_setup_from_kernel_command_line
         self._snapshot: Snapshot | None = None
@@ -144,6 +147,8 @@ class VM:
         self.kernel_args: list[str] = built.kernel_args
         self._setup_args = built.setup_args
         self.stderr_log = self.log_dir / "qemu-stderr.log"
+        #: What happened to this VM, in order (also in ``transcript.log`` beside the console).
+        self.transcript = Transcript(self.log_dir / "transcript.log")
         self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
         self._launched: _Launch | None = None
         self._lifecycle_lock = threading.Lock()
@@ -155,6 +160,8 @@ class VM:
         self._boot_setup_status = "-"
         #: The snapshot this VM was restored from, or None if it booted.
         self.restored_from: Path | None = None
+        #: Whether this VM's start built the template it was cloned from.
+        self.built_template = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -175,10 +182,22 @@ class VM:
                     self._personalise()
             else:
                 start_from_snapshot(self, self._snapshot, started)
-        except BaseException:
+        except BaseException as error:
+            self.transcript.add(
+                f"start failed after {time.monotonic() - started:.3f} s: "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            )
             self.kill()
             raise
         self.boot_seconds = time.monotonic() - started
+        how = (
+            f"cloned from template {self.restored_from.name}"
+            if self.restored_from is not None
+            else f"booted ({self.boot_reason})"
+        )
+        self.transcript.add(f"started: {how}, ready after {self.boot_seconds:.3f} s")
+        if (command := self.gdb_command()) is not None:
+            self.transcript.add(f"gdb stub: {command}")
         return self
 
     def _boot(self, started: float) -> None:
@@ -389,6 +408,29 @@ class VM:
         return self._paths.console_log
 
     @property
+    def gdb_socket(self) -> Path | None:
+        """The gdb stub's UNIX socket (``--qemu-gdb``), or None."""
+        return self._paths.gdb_socket
+
+    def _release_qmp(self) -> None:
+        """Close this process's QMP session, so that someone else can connect (keep-failed).
+        The VM is then ended with SIGKILL instead of QMP ``quit``."""
+        if self._launched is not None:
+            self._launched.qmp.close()
+
+    def gdb_command(self) -> str | None:
+        """The command that attaches gdb to this VM's stub, or None without one.
+
+        It names the kernel image for symbols: Debian's ``vmlinux`` with debug
+        information when ``linux-image-*-dbg`` is installed, else the booted image.
+        """
+        if self._paths.gdb_socket is None:
+            return None
+        symbols = (self.guest.debug_symbols if self.guest is not None else None) or self.spec.kernel
+        target = f"target remote {self._paths.gdb_socket}"
+        return shlex.join(["gdb", "-ex", target, *([str(symbols)] if symbols else [])])
+
+    @property
     def qmp_socket(self) -> Path:
         """QEMU's QMP socket (already in use by this VM; see :meth:`qmp`)."""
         return self._paths.qmp_socket
@@ -429,9 +471,11 @@ class VM:
             result: CommandResult = self._call(
                 f"run {command!r}", lambda: self._channel.run(request), timeout
             )
-            return result
         except CommandTimedOut as timed_out:
             result = timed_out.result
+            self.transcript.command(
+                command, f"killed after its timeout of {timeout:g} s", result.stdout, result.stderr
+            )
             raise CommandTimeout(
                 f"guest command {command!r} did not finish within {timeout:g} s: the guest "
                 "killed it and every process it started (the VM is still usable)\n"
@@ -439,6 +483,16 @@ class VM:
                 f"--- stderr ---\n{_excerpt(result.stderr)}",
                 result,
             ) from None
+        except QemuError as error:
+            self.transcript.command(command, f"{type(error).__name__}: {_first_line(error)}")
+            raise
+        self.transcript.command(
+            command,
+            f"exit status {result.returncode} in {result.duration:.3f} s",
+            result.stdout,
+            result.stderr,
+        )
+        return result
 
     @concise_traceback
     def check(
@@ -513,7 +567,12 @@ class VM:
         try:
             self._call(action, transfer, timeout)
         except RequestRefused as refused:
+            self.transcript.add(f"{action}: failed: {refused}")
             raise TransferFailed(f"cannot {action}: {refused}") from None
+        except QemuError as error:
+            self.transcript.add(f"{action}: {type(error).__name__}: {_first_line(error)}")
+            raise
+        self.transcript.add(f"{action}: done")
 
     def _call(self, action: str, call: Any, timeout: float | None) -> Any:
         """Run a channel request; turn channel errors into the errors users see.
@@ -570,7 +629,13 @@ class VM:
         self._require_running(f"send QMP {command!r}")
         assert self._launched is not None
         merged = {**(arguments or {}), **keyword_arguments}
-        return self._launched.qmp.execute(command, merged or None, timeout)
+        try:
+            answer = self._launched.qmp.execute(command, merged or None, timeout)
+        except Exception as error:
+            self.transcript.add(f"qmp {command} {merged or ''}: {type(error).__name__}: {error}")
+            raise
+        self.transcript.add(f"qmp {command} {merged or ''}: ok")
+        return answer
 
     # -- reporting ----------------------------------------------------------------------------
 
@@ -578,7 +643,8 @@ class VM:
         if not self.is_running():
             raise VMExited(self.failure_report(f"cannot {action}: the VM is not running"))
 
-    def _stderr_tail(self) -> str:
+    def stderr_tail(self) -> str:
+        """The end of what QEMU wrote to its stderr (its error messages)."""
         try:
             return self.stderr_log.read_text(errors="replace").strip()[-3000:]
         except OSError:
@@ -586,7 +652,7 @@ class VM:
 
     def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
         """*headline* followed by what is needed to debug it: command line, stderr, console."""
-        stderr = self._stderr_tail()
+        stderr = self.stderr_tail()
         status = self.returncode
         if stderr and (explanation := user_error(stderr)) is not None:
             headline += f"\nlikely cause: {explanation}"
@@ -605,6 +671,11 @@ class VM:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else ""
 
 
 _EXCERPT_LIMIT = 10_000

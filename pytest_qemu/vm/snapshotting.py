@@ -83,6 +83,8 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
         vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
         if _save(vm, snapshot, partial_ram, _template_files(vm)):
             vm._stop_process()
+            vm.built_template = True
+            vm.transcript.add(f"built template {snapshot.state.name}")
             return False
         vm.boot_reason = "the template could not be saved (see the SnapshotWarning)"
         # Unlinked, the file stays mapped by this VM alone.
@@ -140,7 +142,7 @@ def _clone(vm: VM, snapshot: Snapshot) -> bool:
         _wait_until_restored(vm, deadline)
         vm._wait_until_ready(deadline, resumed=True)
     except (_RestoreFailed, VMError, OSError) as error:
-        stderr = vm._stderr_tail()
+        stderr = vm.stderr_tail()
         vm._stop_process()
         if (explanation := user_error(stderr)) is not None:
             raise VMExited(

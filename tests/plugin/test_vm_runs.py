@@ -39,11 +39,22 @@ def test_parallel_suite_with_a_failure_and_no_leftovers(
     result.stdout.fnmatch_lines(
         [
             "*CommandFailed: guest command exited with status 1: 'echo going-wrong; false'*",
-            "*qemu vm0 console*",
+            "*qemu vm0 (*",
+            "*--- transcript ---*",
+            "*started: cloned from template*",
+            "*$ echo going-wrong; false*",
+            "*-> exit status 1 in*",
+            "*stdout: going-wrong*",
+            "*--- console, last 40 lines*",
             "*pytest-qemu: guest ready*",
+            "*--- QEMU command line ---*",
+            "*--- QEMU stderr*",
         ]
     )
     assert "machine.py" not in result.stdout.str(), "our internal frames should be hidden"
+    assert "\x1b[6n" not in result.stdout.str(), "terminal control noise in the report"
+    transcript = next(pytester.path.rglob("qemu-test_fails_with_console*/vm0/transcript.log"))
+    assert "echo going-wrong" in transcript.read_text()
     assert qemu_pids() == set()
     assert recorded_leases(isolated_state) == []
 

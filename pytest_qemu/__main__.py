@@ -1,0 +1,75 @@
+"""``python -m pytest_qemu``: an interactive shell in the VM a test would get.
+
+    python -m pytest_qemu shell [--arch aarch64] [--userland host] [--share DIR]
+                                [--image disk.qcow2] [--memory MiB]
+    python -m pytest_qemu console SOCKET
+
+``shell`` boots (or clones) the VM and puts your terminal on its serial
+console; ``console`` attaches to the console socket of a VM kept alive by
+``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from pytest_qemu.devices.directories import P9Directory
+from pytest_qemu.errors import QemuError
+from pytest_qemu.plugin.factory import VMFactory
+from pytest_qemu.plugin.options import QemuSettings
+from pytest_qemu.plugin.session import QemuSession
+from pytest_qemu.terminal import attach
+
+
+def _shell(options: argparse.Namespace) -> int:
+    settings = QemuSettings.defaults(memory=options.memory)
+    session = QemuSession(settings)
+    with tempfile.TemporaryDirectory(prefix="pytest-qemu-shell-") as logs:
+        factory = VMFactory(session, Path(logs), session.snapshot_store())
+        try:
+            devices = [P9Directory(directory) for directory in options.share]
+            vm = factory(
+                devices=devices, arch=options.arch, userland=options.userland, image=options.image
+            )
+            for device in devices:
+                print(f"pytest-qemu: {device.directory} is at {device.guest_path} in the guest")
+            print(f"pytest-qemu: {vm!r} is up; Ctrl-] leaves and ends it", flush=True)
+            # The host userland runs commands in the host's root: so does this shell.
+            first = b"\nexec chroot /host /bin/sh -l\n" if options.userland == "host" else b"\n"
+            vm.console.close()
+            attach(vm.console.socket_path, first)
+        finally:
+            factory.close()
+    print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line's entry point."""
+    parser = argparse.ArgumentParser(prog="python -m pytest_qemu", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    shell = commands.add_parser("shell", help="boot a VM and open a shell on its console")
+    shell.add_argument("--arch", help="x86_64 or aarch64 (default: the host's)")
+    shell.add_argument("--userland", choices=("busybox", "host"), default=None)
+    shell.add_argument("--share", action="append", default=[], type=Path, metavar="DIR",
+                       help="share a host directory over 9p (repeatable)")  # fmt: skip
+    shell.add_argument("--image", type=Path, help="boot this disk image instead")
+    shell.add_argument("--memory", type=int, default=256, help="guest memory in MiB")
+    console = commands.add_parser("console", help="attach to a VM's console socket")
+    console.add_argument("socket", type=Path)
+    options = parser.parse_args(argv)
+    try:
+        if options.command == "shell":
+            return _shell(options)
+        attach(options.socket)
+        return 0
+    except (QemuError, OSError) as error:
+        print(f"pytest-qemu: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
