@@ -76,6 +76,13 @@ class CommandResult:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    def summary(self, size: int = 4096) -> tuple[str, str]:
+        """The start of stdout and stderr as text, whatever their size (for transcripts)."""
+        return tuple(  # type: ignore[return-value]
+            output.head(size).decode("utf-8", errors="replace")
+            for output in (self.stdout_output, self.stderr_output)
+        )
+
     def open_stdout(self) -> IO[bytes]:
         """The command's stdout as a binary file, for output too large to hold in memory."""
         return self.stdout_output.open()

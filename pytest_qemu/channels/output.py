@@ -44,6 +44,11 @@ class CommandOutput:
         self._file.seek(0)
         return self._file.read()
 
+    def head(self, size: int) -> bytes:
+        """The first *size* bytes (without reading the rest of a spilled output)."""
+        self._file.seek(0)
+        return self._file.read(size)
+
     def open(self) -> IO[bytes]:
         """A new binary reader from the first byte, with an offset of its own."""
         if not self.spilled:

@@ -474,13 +474,13 @@ class VM:
         except CommandTimedOut as timed_out:
             result = timed_out.result
             self.transcript.command(
-                command, f"killed after its timeout of {timeout:g} s", result.stdout, result.stderr
+                command, f"killed after its timeout of {timeout:g} s", *result.summary()
             )
+            stdout, stderr = result.summary(_EXCERPT_LIMIT)
             raise CommandTimeout(
                 f"guest command {command!r} did not finish within {timeout:g} s: the guest "
                 "killed it and every process it started (the VM is still usable)\n"
-                f"--- stdout ---\n{_excerpt(result.stdout)}"
-                f"--- stderr ---\n{_excerpt(result.stderr)}",
+                f"--- stdout (start) ---\n{stdout}--- stderr (start) ---\n{stderr}",
                 result,
             ) from None
         except QemuError as error:
@@ -489,8 +489,7 @@ class VM:
         self.transcript.command(
             command,
             f"exit status {result.returncode} in {result.duration:.3f} s",
-            result.stdout,
-            result.stderr,
+            *result.summary(),
         )
         return result
 
