@@ -69,6 +69,11 @@ class GuestKernelTrouble(VMError):
     """
 
 
+class CommandRefused(QemuError):
+    """The guest's command channel could not run a command as asked (the QEMU guest
+    agent's 16 MiB output cap, say); the message says why and what to do instead."""
+
+
 class TransferFailed(QemuError):
     """A file could not be copied to or from the guest (a missing file, a full disk)."""
 

@@ -41,9 +41,10 @@ class SystemDisk(Device):
                 cache="unsafe" if not self.persistent else None,
                 **{"file.driver": "file", "file.filename": str(self.file)},
             ),
-            # bootindex: the firmware boots this disk when the VM has no kernel of its own.
+            # No bootindex: it would clash with -kernel's boot ROM, and the firmware boots
+            # the only disk anyway.
             "-device",
-            option_string("virtio-blk-pci", drive=drive, bootindex=0),
+            option_string("virtio-blk-pci", drive=drive),
         ]
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:

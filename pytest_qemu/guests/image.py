@@ -81,8 +81,13 @@ class ImageGuest(Guest):
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         if self.kernel is None:
             return BootFiles(None, None, ())
-        # The user's kernel arguments come from the factory; the plugin adds only a console.
-        return BootFiles(self.kernel, self.initramfs, (f"console={self.platform.console}",))
+        # The user's kernel arguments come from the factory; the plugin adds only a console
+        # and what the platform needs to boot under emulation.
+        return BootFiles(
+            self.kernel,
+            self.initramfs,
+            (f"console={self.platform.console}", *self.platform.kernel_args),
+        )
 
     def channel(self, socket_dir: Path) -> CommandChannel:
         module_name, class_name = CHANNELS[self.channel_name]

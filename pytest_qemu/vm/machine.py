@@ -34,6 +34,7 @@ from pytest_qemu.errors import (
     AgentDied,
     BootTimeout,
     CommandFailed,
+    CommandRefused,
     CommandTimeout,
     ConfigurationError,
     GuestUnresponsive,
@@ -483,6 +484,9 @@ class VM:
                 f"--- stdout (start) ---\n{stdout}--- stderr (start) ---\n{stderr}",
                 result,
             ) from None
+        except RequestRefused as refused:
+            self.transcript.command(command, f"refused: {refused}")
+            raise CommandRefused(f"the guest could not run {command!r}: {refused}") from None
         except QemuError as error:
             self.transcript.command(command, f"{type(error).__name__}: {_first_line(error)}")
             raise

@@ -7,15 +7,15 @@ works from any thread and never touches an event loop the test itself uses
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from qemu.qmp import EventListener, QMPClient
 from qemu.qmp.message import Message
+
+from pytest_qemu.asyncloop import loop_thread
 
 T = TypeVar("T")
 
@@ -23,24 +23,7 @@ T = TypeVar("T")
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 
-class _LoopThread:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
-        with self._lock:
-            if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=self._loop.run_forever, name="pytest-qemu-qmp", daemon=True
-                ).start()
-            loop = self._loop
-        future = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coroutine, timeout), loop)
-        return future.result()
-
-
-_loop_thread = _LoopThread()
+_loop_thread = loop_thread
 
 # qemu.qmp logs every connection it loses as an error, also when QEMU exits as
 # expected (a VM killed at teardown, a failed restore). Every failure reaches the

@@ -1,0 +1,446 @@
+"""A small Debian 12 (bookworm) disk image for tests, built once per machine.
+
+``mmdebstrap`` installs a minimal system (systemd, ``qemu-guest-agent``, the
+Debian kernel, udev, kmod, iproute2) into a directory from the Debian mirrors
+the host's apt uses; the directory is configured for a test VM (root logged in
+on the serial console, no password, nothing that only slows a boot under
+emulation), packed with ``mkfs.ext4 -d`` (no mount, so no root mount either)
+and converted to qcow2. The kernel and initramfs are copied out beside it, for
+a direct kernel boot: the image has no boot loader.
+
+The build needs root (``mmdebstrap``'s root mode: the image's files must be
+owned by their real owners) and takes about a minute; the result is cached
+under ``<cache_dir>/images/``, keyed on everything that goes into it. Parallel
+pytest workers wait for one builder under a file lock; the image directory is
+published by an atomic rename. Build one ahead of time with::
+
+    sudo .venv/bin/python -m pytest_qemu.images.debian [CACHE_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from pytest_qemu.cache import cache_key, default_cache_dir
+from pytest_qemu.errors import SetupError
+
+logger = logging.getLogger(__name__)
+
+#: What the image is made of: a systemd system the guest agent and devices work in.
+DEFAULT_PACKAGES: tuple[str, ...] = (
+    "systemd-sysv",
+    "qemu-guest-agent",
+    "linux-image-amd64",
+    "udev",
+    "kmod",
+    "iproute2",
+)
+SUITE = "bookworm"
+ARCHITECTURE = "amd64"
+#: Bump when the recipe changes in a way the key below does not capture.
+FORMAT_VERSION = 1
+DISK_SIZE = "2G"
+HOSTNAME = "pytest-qemu"
+#: Direct kernel boot: the root file system is the whole disk, the console the first serial
+#: port. "quiet" (errors only) saves about 0.6 s of emulated serial output per boot; a
+#: panic reboots at once, which ends QEMU under -no-reboot instead of hanging the test.
+KERNEL_ARGS: tuple[str, ...] = ("root=/dev/vda", "rw", "console=ttyS0", "quiet", "panic=-1")
+
+#: The modules the initramfs needs to mount the root disk (everything else loads from the
+#: image): it unpacks and runs 3 s faster under emulation than Debian's default of every
+#: storage driver. virtio_console is loaded early too: the guest agent's port then exists
+#: when udev first scans the devices, and the agent answers about 2 s sooner.
+INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4", "virtio_console")
+
+#: Units that cost a test VM boot time and do nothing useful in it (masked).
+MASKED_UNITS: tuple[str, ...] = (
+    # Periodic maintenance of a disk that is thrown away after the test.
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    # Logins on virtual terminals: a test VM has no screen (the serial getty stays).
+    "getty-static.service",
+    "getty@tty1.service",
+)
+
+_AUTOLOGIN = """\
+# pytest-qemu: root is logged in on the serial console, without a password.
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear %I 115200 linux
+"""
+
+_HOSTS = f"""\
+127.0.0.1\tlocalhost
+127.0.1.1\t{HOSTNAME}
+::1\tlocalhost ip6-localhost ip6-loopback
+"""
+
+#: Documentation is never read in a test VM: leaving it out makes the image smaller.
+_DPKG_EXCLUDES: tuple[str, ...] = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+)
+
+_MMDEBSTRAP_TIMEOUT = 1800.0
+_STEP_TIMEOUT = 600.0
+_MANIFEST = "image.json"
+
+
+@dataclass(frozen=True)
+class DebianImage:
+    """A built Debian image: a qcow2 disk and the kernel and initramfs to boot it with.
+
+    Attach ``disk`` as the first virtio disk (``/dev/vda``) behind an overlay
+    (``snapshot=on`` or a qcow2 overlay: the cached file is shared) and boot
+    ``kernel`` with ``initramfs`` and ``kernel_args``. The guest logs root in
+    on ``ttyS0`` (``root_password`` is empty) and starts ``qemu-guest-agent``
+    when its virtio-serial port ``org.qemu.guest_agent.0`` appears.
+    """
+
+    disk: Path
+    kernel: Path
+    initramfs: Path
+    kernel_args: tuple[str, ...]
+    root_password: str
+    #: Seconds the build took (when this machine built it, not when it was found cached).
+    build_seconds: float
+    #: Bytes of the qcow2 disk.
+    disk_size: int
+
+
+def image_key(packages: Sequence[str]) -> str:
+    """The cache key of an image: everything that decides its content."""
+    return cache_key(
+        [
+            f"format {FORMAT_VERSION}",
+            SUITE,
+            ARCHITECTURE,
+            DISK_SIZE,
+            HOSTNAME,
+            " ".join(sorted(set(packages))),
+            " ".join(INITRAMFS_MODULES),
+            " ".join(MASKED_UNITS),
+            " ".join(_DPKG_EXCLUDES),
+            " ".join(KERNEL_ARGS),
+            _AUTOLOGIN,
+        ]
+    )
+
+
+def build_debian_image(
+    cache_dir: Path | None = None, packages: Sequence[str] = DEFAULT_PACKAGES
+) -> DebianImage:
+    """Return the cached Debian image with *packages*, building it first if needed.
+
+    Raises :class:`~pytest_qemu.errors.SetupError`, saying what to run, when a
+    tool is missing, the build is not run as root or the mirror cannot be reached.
+    """
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    packages = tuple(packages)
+    _check_packages(packages)
+    images = cache_dir / "images"
+    final = images / f"debian-{SUITE}-{ARCHITECTURE}-{image_key(packages)}"
+    if (final / _MANIFEST).exists():
+        return _load(final)
+    images.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(images / f"{final.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process to build the Debian image %s", final)
+        lock.acquire()
+    try:
+        if (final / _MANIFEST).exists():
+            return _load(final)
+        _check_tools(cache_dir)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=images))
+        # apt downloads as its unprivileged user, which must reach the tree being built.
+        work.chmod(0o755)
+        try:
+            _build(work, packages)
+            # One rename publishes the whole directory: nobody sees half an image.
+            os.rename(work / "out", final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.release()
+    return _load(final)
+
+
+def _check_packages(packages: Sequence[str]) -> None:
+    for package in packages:
+        if not package or package.startswith("-") or any(c in package for c in ", \t\n"):
+            raise SetupError(f"{package!r} is not a Debian package name")
+
+
+def _check_tools(cache_dir: Path) -> None:
+    missing = [
+        f"{tool} (package {package})"
+        for tool, package in (
+            ("mmdebstrap", "mmdebstrap"),
+            ("mkfs.ext4", "e2fsprogs"),
+            ("qemu-img", "qemu-utils"),
+        )
+        if shutil.which(tool) is None
+        and not any(Path(directory, tool).exists() for directory in ("/usr/sbin", "/sbin"))
+    ]
+    if missing:
+        raise SetupError(
+            f"building the Debian test image needs {', '.join(missing)}: run "
+            "`sudo apt-get install mmdebstrap e2fsprogs qemu-utils` (or ./scripts/setup.sh)"
+        )
+    if os.geteuid() != 0:
+        raise SetupError(
+            "building the Debian test image needs root (mmdebstrap's root mode keeps the "
+            "image's file owners): build it once with `sudo .venv/bin/python -m "
+            f"pytest_qemu.images.debian {shlex.quote(str(cache_dir))}`, then run the tests as "
+            "yourself"
+        )
+
+
+def host_debian_sources(suite: str = SUITE) -> list[str]:
+    """The host's apt sources for *suite* (and its -updates and -security), one-line style.
+
+    Empty if apt knows none (then ``mmdebstrap`` uses deb.debian.org). Only the
+    entries apt has indexes for count: a mirror the host never reached is left out.
+    """
+    try:
+        listing = subprocess.run(
+            ["apt-get", "indextargets", "--format", "$(REPO_URI)\t$(RELEASE)\t$(COMPONENT)",
+             "Identifier: Packages"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return debian_sources_from_index_targets(listing, suite)
+
+
+def debian_sources_from_index_targets(listing: str, suite: str = SUITE) -> list[str]:
+    """Turn ``apt-get indextargets`` lines (URI, release, component) into sources for *suite*."""
+    wanted = (suite, f"{suite}-updates", f"{suite}-security")
+    components: dict[tuple[str, str], list[str]] = {}
+    for line in listing.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 3 or fields[1] not in wanted:
+            continue
+        found = components.setdefault((fields[0], fields[1]), [])
+        if fields[2] not in found:
+            found.append(fields[2])
+    return [
+        f"deb {uri} {release} {' '.join(parts)}"
+        for (uri, release), parts in sorted(components.items(), key=lambda item: item[0][1])
+    ]
+
+
+def _apt_proxy_options() -> list[str]:
+    """The host apt's proxies, which mmdebstrap's own apt configuration does not read."""
+    options = []
+    for scheme in ("http", "https"):
+        try:
+            value = subprocess.run(
+                ["apt-config", "dump", "--no-empty", "--format", "%v", f"Acquire::{scheme}::Proxy"],
+                capture_output=True, text=True, timeout=30, check=False,
+            ).stdout.strip()  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if value and "\n" not in value and '"' not in value:
+            options.append(f'--aptopt=Acquire::{scheme}::Proxy "{value}"')
+    return options
+
+
+def mmdebstrap_command(packages: Sequence[str], root: Path, sources: Sequence[str]) -> list[str]:
+    """The ``mmdebstrap`` command that installs *packages* into *root*."""
+    # Before the kernel is installed, so that its postinst builds the small initramfs.
+    modules = "\\n".join(INITRAMFS_MODULES)
+    initramfs_hook = (
+        'mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" && '
+        'echo MODULES=list > "$1/etc/initramfs-tools/conf.d/pytest-qemu" && '
+        f'printf "{modules}\\n" > "$1/usr/share/initramfs-tools/modules.d/pytest-qemu"'
+    )
+    return [
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        "--variant=minbase",
+        f"--include={','.join(packages)}",
+        f"--architectures={ARCHITECTURE}",
+        *(f"--dpkgopt={option}" for option in _DPKG_EXCLUDES),
+        *_apt_proxy_options(),
+        f"--essential-hook={initramfs_hook}",
+        SUITE,
+        str(root),
+        *sources,
+    ]
+
+
+def configure_root(root: Path) -> None:
+    """Make the installed system *root* a test VM: autologin, no password, fast boot."""
+    dropin = root / "etc/systemd/system/serial-getty@ttyS0.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "autologin.conf").write_text(_AUTOLOGIN)
+    shadow = root / "etc/shadow"
+    lines = shadow.read_text().splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        if line.startswith("root:"):
+            fields = line.split(":")
+            fields[1] = ""  # no password: log in without one
+            lines[index] = ":".join(fields)
+    shadow.write_text("".join(lines))
+    (root / "etc/hostname").write_text(f"{HOSTNAME}\n")
+    (root / "etc/hosts").write_text(_HOSTS)
+    for unit in MASKED_UNITS:
+        mask = root / "etc/systemd/system" / unit
+        mask.unlink(missing_ok=True)
+        mask.symlink_to("/dev/null")
+
+
+def _run_step(name: str, command: list[str], timeout: float, advice: str) -> float:
+    started = time.monotonic()
+    logger.info("Debian image: %s: %s", name, shlex.join(command))
+    try:
+        result = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise SetupError(
+            f"building the Debian test image: {name} did not finish within {timeout:g} s; "
+            f"{advice}\ncommand: {shlex.join(command)}"
+        ) from None
+    if result.returncode != 0:
+        output = (result.stderr or result.stdout).strip().splitlines()
+        raise SetupError(
+            f"building the Debian test image: {name} failed (exit status {result.returncode}); "
+            f"{advice}\ncommand: {shlex.join(command)}\n" + "\n".join(output[-15:])
+        )
+    seconds = time.monotonic() - started
+    logger.info("Debian image: %s took %.1f s", name, seconds)
+    return seconds
+
+
+def _build(work: Path, packages: Sequence[str]) -> None:
+    started = time.monotonic()
+    root, out, raw = work / "root", work / "out", work / "disk.raw"
+    out.mkdir()
+    steps: dict[str, float] = {}
+    sources = host_debian_sources()
+    mirrors = ", ".join(sources) if sources else "deb.debian.org (mmdebstrap's default)"
+    steps["mmdebstrap"] = _run_step(
+        "mmdebstrap",
+        mmdebstrap_command(packages, root, sources),
+        _MMDEBSTRAP_TIMEOUT,
+        f"check that `sudo apt-get update` reaches the Debian mirror ({mirrors}) and that "
+        "the packages exist in Debian 12, then run the tests again",
+    )
+    step = time.monotonic()
+    configure_root(root)
+    kernel, initramfs = _boot_files(root)
+    shutil.copyfile(kernel, out / "vmlinuz")
+    shutil.copyfile(initramfs, out / "initrd.img")
+    steps["configure"] = time.monotonic() - step
+    steps["mkfs.ext4"] = _run_step(
+        "mkfs.ext4",
+        ["mkfs.ext4", "-q", "-L", "pytest-qemu", "-d", str(root), str(raw), DISK_SIZE],
+        _STEP_TIMEOUT,
+        f"check the free space in {work.parent} (the raw disk takes {DISK_SIZE} while building)",
+    )
+    shutil.rmtree(root)
+    steps["qemu-img convert"] = _run_step(
+        "qemu-img convert",
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "disk.qcow2")],
+        _STEP_TIMEOUT,
+        f"check the free space in {work.parent}",
+    )
+    raw.unlink()
+    build_seconds = time.monotonic() - started
+    disk_size = (out / "disk.qcow2").stat().st_size
+    manifest = {
+        "suite": SUITE,
+        "architecture": ARCHITECTURE,
+        "packages": list(packages),
+        "kernel_args": list(KERNEL_ARGS),
+        "kernel_release": kernel.name.removeprefix("vmlinuz-"),
+        "sources": sources,
+        "build_seconds": round(build_seconds, 2),
+        "steps": {name: round(seconds, 2) for name, seconds in steps.items()},
+        "disk_size": disk_size,
+    }
+    (out / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    for path in out.iterdir():
+        # Readable by everyone: a root build serves the tests of every user.
+        path.chmod(0o644)
+    out.chmod(0o755)
+    logger.info(
+        "Debian image built in %.1f s (%s), disk %.0f MB",
+        build_seconds,
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()),
+        disk_size / 1e6,
+    )
+
+
+def _boot_files(root: Path) -> tuple[Path, Path]:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initramfs = sorted((root / "boot").glob("initrd.img-*"))
+    if len(kernels) != 1 or len(initramfs) != 1:
+        raise SetupError(
+            f"building the Debian test image: expected one kernel and one initramfs in "
+            f"/boot, found {[p.name for p in kernels + initramfs]}: is linux-image-{ARCHITECTURE} "
+            "among the packages?"
+        )
+    return kernels[0], initramfs[0]
+
+
+def _load(directory: Path) -> DebianImage:
+    manifest = json.loads((directory / _MANIFEST).read_text())
+    return DebianImage(
+        disk=directory / "disk.qcow2",
+        kernel=directory / "vmlinuz",
+        initramfs=directory / "initrd.img",
+        kernel_args=tuple(manifest["kernel_args"]),
+        root_password="",
+        build_seconds=float(manifest["build_seconds"]),
+        disk_size=int(manifest["disk_size"]),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build (or find) the image and print where it is."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pytest_qemu.images.debian", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("cache_dir", nargs="?", type=Path, default=default_cache_dir())
+    parser.add_argument("--package", action="append", default=[], help="an extra package")
+    options = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        image = build_debian_image(options.cache_dir, (*DEFAULT_PACKAGES, *options.package))
+    except SetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps({key: str(value) for key, value in vars(image).items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Your own image: a real Debian 12 built with mmdebstrap, through qga and the console."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu import BootTimeout, ConfigurationError, P9Directory, VMFactory
+from pytest_qemu.images import DebianImage, build_debian_image
+from pytest_qemu.plugin.session import QemuSession
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def arch() -> str:
+    # The test image is Debian for the host's architecture (amd64).
+    return "x86_64"
+
+
+@pytest.fixture(scope="session")
+def debian(pytestconfig: pytest.Config) -> DebianImage:
+    """A small Debian 12 image, built once per machine into the cache (about 30 s)."""
+    return build_debian_image(QemuSession.of(pytestconfig).cache_dir)
+
+
+def _boot(factory: VMFactory, debian: DebianImage, **options: object):  # type: ignore[no-untyped-def]
+    return factory(
+        image=debian.disk,
+        kernel=debian.kernel,
+        initramfs=debian.initramfs,
+        kernel_args=["root=/dev/vda", "rw", "quiet"],
+        memory=512,
+        boot_timeout=240,
+        **options,
+    )
+
+
+def test_the_guest_agent_runs_commands_and_the_image_stays_unchanged(
+    qemu_vm_factory: VMFactory, debian: DebianImage, tmp_path: Path
+) -> None:
+    before = hashlib.sha256(debian.disk.read_bytes()).hexdigest()
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "from-host.txt").write_text("shared over 9p")
+    device = P9Directory(share)
+    vm = _boot(qemu_vm_factory, debian, devices=[device])
+    assert vm.check("cat /proc/1/comm") == "systemd\n"
+    assert vm.check(f"cat {device.guest_path}/from-host.txt") == "shared over 9p"
+    result = vm.run('echo "$GREETING"; pwd; exit 4', env={"GREETING": "hi"}, cwd="/tmp")
+    assert (result.returncode, result.stdout) == (4, "hi\n/tmp\n")
+    vm.check("echo scribbled > /etc/scribbled; sync")
+    source = tmp_path / "tool"
+    source.write_bytes(os.urandom(300_000))
+    source.chmod(0o750)
+    vm.put(source, "/usr/local/bin/tool")
+    assert vm.get("/usr/local/bin/tool", tmp_path / "back").read_bytes() == source.read_bytes()
+    # A second VM of the same layout is a clone, disk included: it never sees the first's writes.
+    second = _boot(qemu_vm_factory, debian, devices=[P9Directory(share)])
+    assert second.restored_from is not None
+    assert second.run("cat /etc/scribbled").returncode != 0
+    assert second.check("cat /proc/1/comm") == "systemd\n"
+    for machine in (vm, second):
+        machine.shutdown()
+    assert hashlib.sha256(debian.disk.read_bytes()).hexdigest() == before
+
+
+def test_the_serial_console_channel(qemu_vm_factory: VMFactory, debian: DebianImage) -> None:
+    vm = _boot(qemu_vm_factory, debian, channel="console")
+    result = vm.run("echo out; echo err >&2; id -un; exit 3")
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\nroot\n", "err\n")
+    assert vm.check("systemctl is-system-running --wait >/dev/null; echo ok") == "ok\n"
+
+
+def test_an_image_without_an_agent_times_out_naming_it(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank.raw"
+    blank.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (1024 * 1024 - 512))
+    started = time.monotonic()
+    with pytest.raises(BootTimeout, match="qemu-guest-agent"):
+        qemu_vm_factory(image=blank, boot_timeout=5, snapshot=False)
+    assert time.monotonic() - started < 15
+
+
+def test_bad_images_are_refused_plainly(qemu_vm_factory: VMFactory, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no such file"):
+        qemu_vm_factory(image=tmp_path / "missing.qcow2")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a disk\n" * 1000)
+    with pytest.raises(ConfigurationError, match="is not a disk image"):
+        qemu_vm_factory(image=text)
+    with pytest.raises(ConfigurationError, match="channel 'serial' is not one of"):
+        qemu_vm_factory(image=text, channel="serial")
