@@ -59,12 +59,21 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
-    """Say once, at the top of the run, which accelerator VMs use and why."""
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Say once, at the top of the run, which accelerator VMs use and why, and whether
+    the first VMs will be building the guest and templates."""
     session = QemuSession.of(config)
-    if session.settings.accel == "tcg" and not config.getoption("verbose"):
-        return None
-    return f"pytest-qemu: {session.accelerator().notice}"
+    lines = []
+    if not any((session.cache_dir / "snapshots").glob("*.state")):
+        # Say so up front: the first VMs take seconds each, not tens of milliseconds.
+        lines.append(
+            f"pytest-qemu: nothing built yet in {session.cache_dir}: the first VMs build the "
+            "guest (kernel extraction, agent, initramfs: a few seconds, once per machine) and "
+            "a VM template per hardware layout (a boot each); later runs reuse them"
+        )
+    if session.settings.accel != "tcg" or config.getoption("verbose"):
+        lines.append(f"pytest-qemu: {session.accelerator().notice}")
+    return lines or None
 
 
 @pytest.hookimpl(wrapper=True)

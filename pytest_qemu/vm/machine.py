@@ -212,6 +212,21 @@ class VM:
         return AgentChannel(self._socket_dir)
 
     def _launch(self, argv: list[str], console_prefix: Path | None) -> None:
+        """Start QEMU on *argv*: the lifecycle's three steps, each a hook of its own."""
+        environment = self._pre_launch(console_prefix)
+        with self.stderr_log.open("wb") as stderr:
+            try:
+                process = spawn(argv, stderr=stderr, env=environment)
+            except FileNotFoundError:
+                raise SetupError(
+                    f"QEMU binary {argv[0]!r} was not found: install it with "
+                    f"`apt-get install {self.spec.platform.qemu_package}` or pass --qemu-binary"
+                ) from None
+        self._post_launch(process)
+
+    def _pre_launch(self, console_prefix: Path | None) -> dict[str, str]:
+        """Before QEMU starts: a fresh console log (a clone's starts with its template's
+        boot); returns QEMU's environment."""
         with self._paths.console_log.open("wb") as console:
             if console_prefix is not None:
                 with contextlib.suppress(OSError):
@@ -219,15 +234,10 @@ class VM:
                 console.write(b"\n[pytest-qemu: restored from a snapshot]\n")
         # QEMU puts the throwaway overlays of disks (snapshot=on) in TMPDIR: keep them
         # with the VM's sockets, removed at teardown.
-        environment = {**os.environ, "TMPDIR": str(self._socket_dir)}
-        with self.stderr_log.open("wb") as stderr:
-            try:
-                process = spawn(argv, stderr=stderr, env=environment)
-            except FileNotFoundError:
-                raise SetupError(
-                    f"QEMU binary {argv[0]!r} was not found: install it with "
-                    "`apt-get install qemu-system-x86` or pass --qemu-binary"
-                ) from None
+        return {**os.environ, "TMPDIR": str(self._socket_dir)}
+
+    def _post_launch(self, process: subprocess.Popen[bytes]) -> None:
+        """Once QEMU runs: its QMP session, listening for the channel's port events."""
         qmp = QMPConnection(f"vm-{process.pid}")
         if self._channel.serial_port_id is not None:
             qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
@@ -354,6 +364,11 @@ class VM:
                 return
             self._stopped = True
         self._stop_process()
+        self._post_shutdown()
+
+    def _post_shutdown(self) -> None:
+        """After QEMU is gone for good: close the connections, give back what the devices
+        leased, remove the VM's private directory."""
         self._channel.close()
         self.console.close()
         for device in self.spec.devices:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +124,9 @@ def test_header_names_the_accelerator(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess("--qemu-accel=auto")
     result.stdout.fnmatch_lines(["pytest-qemu: accelerator: *"])
+
+
+def test_a_first_run_says_what_it_will_build(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest_subprocess(f"--qemu-cache-dir={tmp_path / 'empty'}")
+    result.stdout.fnmatch_lines(["*pytest-qemu: nothing built yet in *: the first VMs build*"])
