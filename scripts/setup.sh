@@ -2,7 +2,8 @@
 # Sets up a fresh Debian 12 machine for pytest-qemu, and is safe to run again:
 # - QEMU for x86-64 and Arm, the host's kernel, busybox-static and C compilers
 #   (the guest agent is compiled for each architecture) from apt, and mmdebstrap
-#   and e2fsprogs, which build the Debian test image (pytest_qemu/images/);
+#   and e2fsprogs, which build the Debian test image (pytest_qemu/images/), and
+#   syslinux, mtools and dosfstools, which make a disk that boots by itself;
 # - Debian's arm64 kernel and busybox-static, downloaded (not installed) for
 #   aarch64 guests, into ~/.cache/pytest-qemu/foreign-packages/arm64;
 # - .venv with the package and its test tools.
@@ -16,7 +17,7 @@ sudo=""
 packages=(
     qemu-system-x86 qemu-system-arm qemu-utils linux-image-amd64 busybox-static kmod
     python3-venv gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gdb
-    mmdebstrap e2fsprogs
+    mmdebstrap e2fsprogs syslinux mtools dosfstools
 )
 missing=()
 for package in "${packages[@]}"; do

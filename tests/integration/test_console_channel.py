@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,10 @@ from pytest_qemu import VM, CommandTimeout, MachineSpec
 from pytest_qemu.cache import BuildCache
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.channels.console import ConsoleChannel
+from pytest_qemu.guests.base import BootFiles
+from pytest_qemu.guests.cpio import CpioWriter
 from pytest_qemu.guests.default import DefaultGuest
+from pytest_qemu.guests.initramfs import guest_script
 from pytest_qemu.platforms import get_platform
 from pytest_qemu.plugin.session import QemuSession
 
@@ -77,3 +82,49 @@ def test_files_both_ways(console_vm: VM, tmp_path: Path) -> None:
     back = console_vm.get("/tmp/data.bin", tmp_path / "back.bin")
     assert back.read_bytes() == source.read_bytes()
     assert back.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_login_prompt_is_answered_with_the_credentials(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    session = QemuSession.of(request.config)
+    guest = _LoginGuest(BuildCache(session.cache_dir), tmp_path, "tester-s3cret")
+    boot = guest.boot_files([])
+    spec = MachineSpec(
+        kernel=boot.kernel,
+        initramfs=boot.initramfs,
+        kernel_args=boot.kernel_args,
+        accelerator=session.accelerator(guest.platform).accelerator,
+    )
+    with VM(spec, log_dir=tmp_path / "vm", guest=guest) as vm:
+        assert vm.check("id -un") == "root\n"
+    assert "login:" in vm.console.text()
+
+
+class _LoginGuest(DefaultGuest):
+    """The default guest with ``login`` instead of a shell on its console, and a password."""
+
+    def __init__(self, cache: BuildCache, directory: Path, password: str) -> None:
+        super().__init__(cache)
+        self._directory = directory
+        self._password = password
+
+    def boot_files(self, devices: object) -> BootFiles:
+        boot = super().boot_files([])
+        assert boot.initramfs is not None
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-6", self._password], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        init = guest_script("init").replace(b"setsid cttyhack sh -l", b"setsid cttyhack login")
+        overlay = io.BytesIO()
+        # Later entries of an initramfs replace earlier ones: this init and these accounts win.
+        with CpioWriter(overlay) as archive:
+            archive.add_file("init", init, 0o755)
+            archive.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+            archive.add_file("etc/shadow", f"root:{hashed}:19000:0:99999:7:::\n".encode(), 0o600)
+        combined = self._directory / "login.cpio"
+        combined.write_bytes(boot.initramfs.read_bytes() + overlay.getvalue())
+        return BootFiles(boot.kernel, combined, boot.kernel_args)
+
+    def channel(self, socket_dir: Path) -> CommandChannel:
+        return ConsoleChannel(socket_dir, credentials=("root", self._password))

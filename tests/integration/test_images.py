@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from pytest_qemu import BootTimeout, ConfigurationError, P9Directory, VMFactory
+from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.images import DebianImage, build_debian_image
 from pytest_qemu.plugin.session import QemuSession
 
@@ -96,3 +98,58 @@ def test_bad_images_are_refused_plainly(qemu_vm_factory: VMFactory, tmp_path: Pa
         qemu_vm_factory(image=text)
     with pytest.raises(ConfigurationError, match="channel 'serial' is not one of"):
         qemu_vm_factory(image=text, channel="serial")
+
+
+def _bootable_fat_image(directory: Path, kernel: Path, initramfs: Path) -> Path:
+    """A disk that boots by itself: SYSLINUX in a FAT file system's boot sector, loading
+    *kernel* and *initramfs* (made with mtools, no mounts)."""
+    disk = directory / "bootable.img"
+    with disk.open("wb") as file:
+        file.truncate(64 * 1024 * 1024)
+    config = directory / "syslinux.cfg"
+    config.write_text(
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 1\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n"
+        "  APPEND console=ttyS0 panic=-1 rdinit=/init quiet no_timer_check booted-by=syslinux\n"
+    )
+    for command in (
+        ["mkfs.fat", "-F", "16", "-n", "PQBOOT", str(disk)],
+        ["mcopy", "-i", str(disk), str(kernel), "::vmlinuz"],
+        ["mcopy", "-i", str(disk), str(initramfs), "::initrd"],
+        ["mcopy", "-i", str(disk), str(config), "::syslinux.cfg"],
+        ["syslinux", "--install", str(disk)],
+    ):
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+    return disk
+
+
+def test_an_image_boots_through_its_own_boot_loader(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    guest = qemu_vm_factory.guest
+    assert isinstance(guest, DefaultGuest)
+    initramfs = guest.boot_files([]).initramfs
+    assert initramfs is not None
+    disk = _bootable_fat_image(tmp_path, guest.host_kernel.image, initramfs)
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
+    # No kernel=: SeaBIOS boots the disk, SYSLINUX the kernel; a shell answers on the console.
+    vm = qemu_vm_factory(image=disk, channel="console", boot_timeout=120)
+    assert "booted-by=syslinux" in vm.check("cat /proc/cmdline")
+    assert "-kernel" not in vm.argv
+    vm.check("mkdir -p /boot && mount -t vfat /dev/vda /boot 2>/dev/null; echo hi > /tmp/x")
+    vm.shutdown()
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+
+
+def test_an_image_whose_backing_file_moved_is_refused_naming_it(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    base, overlay = tmp_path / "base.raw", tmp_path / "overlay.qcow2"
+    with base.open("wb") as file:
+        file.truncate(16 * 1024 * 1024)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(overlay)],
+        check=True,
+    )
+    base.rename(tmp_path / "moved.raw")
+    with pytest.raises(ConfigurationError, match=r"(?s)base\.raw.*backing file may have moved"):
+        qemu_vm_factory(image=overlay)
