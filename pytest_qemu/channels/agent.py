@@ -46,13 +46,12 @@ from pytest_qemu.channels.framing import (
     encode_stream,
 )
 from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
-from pytest_qemu.devices.options import option_string
+from pytest_qemu.channels.virtio_serial import serial_port_args
 from pytest_qemu.sockets import connect_unix
 
 #: The virtio-serial port name the guest agent looks for.
 AGENT_PORT_NAME = "org.pytest-qemu.agent"
 _PORT_ID = "pytest-qemu-agent"
-_BUS_ID = "pytest-qemu-agent-bus"
 
 #: After a restore, a ping can be lost while the guest's port state is reloaded:
 #: ping often, so a lost one costs this long.
@@ -160,19 +159,9 @@ class AgentChannel(CommandChannel):
     # -- the transport ------------------------------------------------------------------------
 
     def qemu_args(self) -> list[str]:
-        return [
-            "-device", option_string(self._serial_bus_device, id=_BUS_ID),
-            "-chardev", option_string(
-                "socket", id=_PORT_ID, path=str(self.socket_path), server=True, wait=False
-            ),
-            "-device", option_string(
-                "virtserialport",
-                bus=f"{_BUS_ID}.0",
-                chardev=_PORT_ID,
-                name=AGENT_PORT_NAME,
-                id=_PORT_ID,
-            ),
-        ]  # fmt: skip
+        return serial_port_args(
+            self._serial_bus_device, _PORT_ID, AGENT_PORT_NAME, self.socket_path
+        )
 
     def connect(self, deadline: float, qemu_running: Callable[[], bool]) -> None:
         connection = connect_unix(self.socket_path, deadline, qemu_running)

@@ -43,7 +43,7 @@ from pytest_qemu.channels.base import (
     RequestRefused,
 )
 from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
-from pytest_qemu.devices.options import option_string
+from pytest_qemu.channels.virtio_serial import serial_port_args
 from pytest_qemu.sockets import connect_unix
 
 T = TypeVar("T")
@@ -51,7 +51,6 @@ T = TypeVar("T")
 #: The virtio-serial port name ``qemu-guest-agent`` opens (its udev rule starts it).
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 _PORT_ID = "pytest-qemu-qga"
-_BUS_ID = "pytest-qemu-qga-bus"
 _CLIENT_NAME = "pytest-qemu-qga"
 
 #: How much output ``qemu-guest-agent`` keeps per stream of a ``guest-exec``.
@@ -152,19 +151,9 @@ class GuestAgentChannel(CommandChannel):
     # -- the transport ------------------------------------------------------------------------
 
     def qemu_args(self) -> list[str]:
-        return [
-            "-device", option_string(self._serial_bus_device, id=_BUS_ID),
-            "-chardev", option_string(
-                "socket", id=_PORT_ID, path=str(self.socket_path), server=True, wait=False
-            ),
-            "-device", option_string(
-                "virtserialport",
-                bus=f"{_BUS_ID}.0",
-                chardev=_PORT_ID,
-                name=AGENT_PORT_NAME,
-                id=_PORT_ID,
-            ),
-        ]  # fmt: skip
+        return serial_port_args(
+            self._serial_bus_device, _PORT_ID, AGENT_PORT_NAME, self.socket_path
+        )
 
     def connect(self, deadline: float, qemu_running: Callable[[], bool]) -> None:
         connection = connect_unix(self.socket_path, deadline, qemu_running)
