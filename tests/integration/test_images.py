@@ -127,17 +127,27 @@ def test_an_image_boots_through_its_own_boot_loader(
 ) -> None:
     guest = qemu_vm_factory.guest
     assert isinstance(guest, DefaultGuest)
-    initramfs = guest.boot_files([]).initramfs
-    assert initramfs is not None
+    # The default guest's initramfs, with what it takes to mount the FAT disk it boots from.
+    initramfs = guest.initramfs(["virtio_blk", "vfat"])
     disk = _bootable_fat_image(tmp_path, guest.host_kernel.image, initramfs)
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
     # No kernel=: SeaBIOS boots the disk, SYSLINUX the kernel; a shell answers on the console.
     vm = qemu_vm_factory(image=disk, channel="console", boot_timeout=120)
     assert "booted-by=syslinux" in vm.check("cat /proc/cmdline")
     assert "-kernel" not in vm.argv
-    vm.check("mkdir -p /boot && mount -t vfat /dev/vda /boot 2>/dev/null; echo hi > /tmp/x")
+    vm.check("mkdir -p /boot && mount -t vfat /dev/vda /boot && echo scribbled > /boot/note")
     vm.shutdown()
-    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before, "the image was written"
+    # persistent=True: the guest writes into the image itself (and it is synced at shutdown).
+    keeper = qemu_vm_factory(image=disk, channel="console", persistent=True, boot_timeout=120)
+    assert keeper.restored_from is None, "a persistent image changes: it is never cloned"
+    keeper.check("mkdir -p /boot && mount -t vfat /dev/vda /boot && echo kept > /boot/kept")
+    keeper.check("umount /boot")
+    keeper.shutdown()
+    kept = subprocess.run(
+        ["mtype", "-i", str(disk), "::kept"], capture_output=True, text=True, check=True
+    )
+    assert kept.stdout == "kept\n"
 
 
 def test_an_image_whose_backing_file_moved_is_refused_naming_it(
