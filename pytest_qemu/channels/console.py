@@ -36,7 +36,11 @@ from pytest_qemu.sockets import connect_unix
 
 _PROBE_INTERVAL = 1.0
 _REPLY_GRACE = 10.0
-_LOGIN_PROMPT = re.compile(rb"login:\s*$", re.M)
+#: A login prompt ends the console's output (getty's "host login: " waiting for a name);
+#: "host login: root (automatic login)" is not one.
+_LOGIN_PROMPT = re.compile(rb"login:[ \t]*\Z")
+#: How long a prompt must stay the last thing on the console to count as one.
+_PROMPT_SETTLE = 0.5
 _PASSWORD_PROMPT = re.compile(rb"[Pp]assword:\s*$", re.M)
 _CURSOR_QUERY = b"\x1b[6n"
 #: Where the guest keeps a command's input and output while it runs.
@@ -57,6 +61,7 @@ class ConsoleChannel(CommandChannel):
         self.credentials = credentials
         self._socket: socket.socket | None = None
         self._buffer = bytearray()
+        self._last_output = time.monotonic()
         self._ids = itertools.count(1)
 
     def qemu_args(self) -> list[str]:
@@ -91,6 +96,12 @@ class ConsoleChannel(CommandChannel):
                     + ("" if logged_in else " (and no login prompt appeared)")
                 )
             if _LOGIN_PROMPT.search(bytes(self._buffer[-200:])):
+                quiet_for = time.monotonic() - self._last_output
+                if quiet_for < _PROMPT_SETTLE:
+                    # Perhaps "login: root (automatic login)" is still arriving: wait, and
+                    # type nothing at what may be a login prompt.
+                    self._receive(_PROMPT_SETTLE - quiet_for)
+                    continue
                 if self.credentials is None:
                     raise RequestRefused(
                         "the serial console asks for a login: give credentials=(user, "
@@ -159,7 +170,7 @@ class ConsoleChannel(CommandChannel):
         except (IndexError, binascii.Error) as error:
             raise RequestRefused(
                 f"the console's answer to {request.command!r} was garbled ({error}): "
-                "something else printed on the console while it ran"
+                f"something else printed on the console while it ran: {text[-300:]!r}"
             ) from None
         result = CommandResult(request.command, status, stdout, stderr, time.monotonic() - started)
         if request.timeout is not None and status == 137 and result.duration >= request.timeout:
@@ -234,12 +245,11 @@ class ConsoleChannel(CommandChannel):
             raise ChannelClosed(f"the console connection broke: {error}") from None
         if not chunk:
             raise ChannelClosed("QEMU closed the console connection")
-        if _CURSOR_QUERY in chunk:
-            # Line-editing shells (busybox ash) ask the terminal where the cursor is and
-            # wait for the answer before they read a command: answer like a terminal.
-            chunk = chunk.replace(_CURSOR_QUERY, b"")
-            self._send(b"\x1b[1;1R")
-        self._buffer += chunk
+        # Line-editing shells (busybox ash) ask the terminal where the cursor is at each
+        # prompt. Left unanswered: an answer that arrives once the shell has moved on is
+        # read as a command.
+        self._buffer += chunk.replace(_CURSOR_QUERY, b"")
+        self._last_output = time.monotonic()
 
     def _connection(self) -> socket.socket:
         if self._socket is None:
