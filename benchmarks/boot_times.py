@@ -177,19 +177,37 @@ def main() -> None:
         (suite / "test_suite.py").write_text(SUITE.format(tests=arguments.suite_tests))
         tests = arguments.suite_tests
 
-        def time_suite(workers: int) -> float:
-            return run_suite(suite, workers, work / f"basetemp-{workers}", tests, [])
+        def time_suite(workers: int, prepare_ahead: str = "off") -> float:
+            return run_suite(
+                suite,
+                workers,
+                work / f"basetemp-{workers}-{prepare_ahead}",
+                tests,
+                [f"--qemu-prepare-ahead={prepare_ahead}"],
+            )
 
+        cpus = len(os.sched_getaffinity(0))
         time_suite(0)  # builds the suite's snapshot
         serial = measure(
-            f"6a. {arguments.suite_tests}-test qemu_vm suite, -n 0",
+            f"6a. {tests}-test qemu_vm suite, -n 0",
             arguments.suite_repeat,
             lambda: time_suite(0),
         )
         parallel = measure(
-            f"6b. {arguments.suite_tests}-test qemu_vm suite, -n 2",
+            f"6b. {tests}-test qemu_vm suite, -n 2",
             arguments.suite_repeat,
             lambda: time_suite(2),
+        )
+        ahead = measure(
+            f"6c. {tests}-test qemu_vm suite, -n 0, --qemu-prepare-ahead=auto ({cpus} on "
+            f"{cpus} CPUs)",
+            arguments.suite_repeat,
+            lambda: time_suite(0, "auto"),
+        )
+        parallel_ahead = measure(
+            f"6d. {tests}-test qemu_vm suite, -n 2, --qemu-prepare-ahead=1",
+            arguments.suite_repeat,
+            lambda: time_suite(2, "1"),
         )
 
         median = statistics.median
@@ -210,7 +228,15 @@ def main() -> None:
             f"({sequential:.1f} s): "
             f"{median(parallel) / sequential:.3f} (target <= {1 / 40:.3f})"
         )
+        print(
+            f"  6c over the same: {median(ahead) / sequential:.3f}; speed-up of preparing ahead "
+            f"without xdist (6a/6c): {median(serial) / median(ahead):.2f}"
+        )
         print(f"  6a/6b speed-up of -n 2 over -n 0: {median(serial) / median(parallel):.2f}")
+        print(
+            "  6d/6b preparing one VM ahead under -n 2 (no CPU left free): "
+            f"{median(parallel_ahead) / median(parallel):.2f} (above 1: slower)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

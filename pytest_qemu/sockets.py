@@ -28,3 +28,20 @@ def connect_unix(path: Path, deadline: float, keep_trying: Callable[[], bool]) -
             if not keep_trying() or time.monotonic() >= deadline:
                 raise
         time.sleep(_RETRY_INTERVAL)
+
+
+def listen_unix(path: Path) -> socket.socket:
+    """A stream socket listening at *path* (replacing a stale file), to hand to QEMU.
+
+    A client can connect at once: the connection waits in the backlog until
+    QEMU, which inherits the socket, accepts it.
+    """
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        listener.listen(1)
+    except OSError:
+        listener.close()
+        raise
+    return listener

@@ -10,9 +10,11 @@ announcement, whichever comes first.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
+import re
 import select
 import socket
 import struct
@@ -38,9 +40,11 @@ from pytest_qemu.channels.framing import (
     FrameReader,
     FrameType,
     decode_exit,
+    decode_hello,
     decode_mode,
     encode,
     encode_get,
+    encode_kernel_log,
     encode_put,
     encode_run,
     encode_stream,
@@ -52,6 +56,7 @@ from pytest_qemu.sockets import connect_unix
 #: The virtio-serial port name the guest agent looks for.
 AGENT_PORT_NAME = "org.pytest-qemu.agent"
 _PORT_ID = "pytest-qemu-agent"
+_PRIORITY = re.compile(r"^<\d+>", re.M)
 
 #: After a restore, a ping can be lost while the guest's port state is reloaded:
 #: ping often, so a lost one costs this long.
@@ -155,6 +160,7 @@ class AgentChannel(CommandChannel):
         self._seen_agent = False
         self._ready = False
         self.setup_status = "-"
+        self._features: frozenset[str] = frozenset()
 
     # -- the transport ------------------------------------------------------------------------
 
@@ -281,6 +287,17 @@ class AgentChannel(CommandChannel):
             partial.unlink(missing_ok=True)
         return pending.mode
 
+    def kernel_log(self, timeout: float | None) -> str | None:
+        self._ensure_ready()
+        if "klog" not in self._features:
+            return None
+        log = io.BytesIO()
+        pending = _GetRequest(next(self._ids), log)
+        self._send(encode_kernel_log(pending.request_id), iter(()))
+        self._exchange(pending, None if timeout is None else time.monotonic() + timeout)
+        # syslog(2) starts each line with its priority, "<4>": dmesg leaves it out.
+        return _PRIORITY.sub("", log.getvalue().decode(errors="replace"))
+
     # -- the exchange -------------------------------------------------------------------------
 
     def _send(self, first: bytes, rest: Iterator[bytes]) -> None:
@@ -387,7 +404,7 @@ class AgentChannel(CommandChannel):
                         self._unmatched_restarts += 1
             self._seen_agent = True
             self._ready = True
-            self.setup_status = frame.payload.decode("ascii", errors="replace") or "-"
+            self.setup_status, self._features = decode_hello(frame.payload)
             if restarted and self._request is not None:
                 raise AgentGone("the guest agent restarted: the one running the request died")
             return

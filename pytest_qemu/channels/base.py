@@ -159,6 +159,11 @@ class CommandChannel(abc.ABC):
     def get(self, guest_path: str, destination: Path, timeout: float | None) -> int:
         """Copy the guest file *guest_path* to *destination*; return its permission bits."""
 
+    def kernel_log(self, timeout: float | None) -> str | None:
+        """The guest kernel's log as ``dmesg`` prints it, read without starting a
+        process in the guest; None if this channel cannot (callers run ``dmesg``)."""
+        return None
+
     def guest_port_changed(self, is_open: bool) -> None:  # noqa: B027 - optional hook
         """QEMU reported the guest opening or closing :attr:`serial_port_id` (any thread)."""
 

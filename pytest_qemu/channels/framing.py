@@ -36,6 +36,7 @@ class FrameType(enum.IntEnum):
     PUT = 5
     GET = 6
     DATA = 7
+    KLOG = 8
     READY = 64
     PONG = 65
     STDOUT = 66
@@ -103,6 +104,21 @@ def encode_put(request_id: int, guest_path: str, mode: int) -> bytes:
 def encode_get(request_id: int, guest_path: str) -> bytes:
     """A GET request; the agent answers FILE (the mode), DATA frames, an empty DATA."""
     return encode(FrameType.GET, request_id, guest_path.encode() + b"\0")
+
+
+def encode_kernel_log(request_id: int) -> bytes:
+    """A KLOG request (the guest kernel's log); answered like GET."""
+    return encode(FrameType.KLOG, request_id, b"")
+
+
+def decode_hello(payload: bytes) -> tuple[str, frozenset[str]]:
+    """A READY or PONG frame's (setup status, requests the agent answers beyond the first
+    version's). An agent older than features sends the status alone."""
+    status, _, features = payload.partition(b"\0")
+    return (
+        status.decode("ascii", errors="replace") or "-",
+        frozenset(features.decode("ascii", errors="replace").split()),
+    )
 
 
 def decode_exit(payload: bytes) -> tuple[int, bool]:

@@ -176,7 +176,9 @@ class ModuleIndex:
                 "`apt-get install linux-image-amd64`, or run `depmod` if the modules "
                 "are there but the index is missing)."
             ) from exc
-        self._paths: dict[str, Path] = {}
+        # Entries as written in modules.dep: a Path is made only for the modules resolved
+        # (the index has thousands, and every worker process reads it).
+        self._paths: dict[str, str] = {}
         self._deps: dict[str, tuple[str, ...]] = {}
         self._parse_dep(dep_text)
         self._builtin: frozenset[str] = self._read_builtin(self.modules_dir / "modules.builtin")
@@ -243,7 +245,7 @@ class ModuleIndex:
             for dep in soft.get(name, ()):
                 visit(dep, required=False)
             if not builtin:
-                order.append(KernelModule(name, self._paths[name]))
+                order.append(KernelModule(name, self._module_path(self._paths[name])))
 
         for requested in names:
             name = canonical_module_name(requested)
@@ -269,7 +271,7 @@ class ModuleIndex:
 
     def _parse_dep(self, text: str) -> None:
         dep_file = self.modules_dir / "modules.dep"
-        dep_paths: dict[str, Path] = {}
+        dep_paths: dict[str, str] = {}
         for line_no, line in enumerate(text.splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -283,12 +285,13 @@ class ModuleIndex:
             # the first entry wins, as in modprobe's search order.
             if name in self._deps:
                 continue
-            self._paths[name] = self._module_path(target)
-            self._deps[name] = tuple(canonical_module_name(dep) for dep in rest.split())
-            for dep in rest.split():
+            self._paths[name] = target
+            dependencies = rest.split()
+            self._deps[name] = tuple(canonical_module_name(dep) for dep in dependencies)
+            for dep in dependencies:
                 # Remembered in case a dependency lacks a line of its own; a
                 # later line for it overrides this guess.
-                dep_paths.setdefault(canonical_module_name(dep), self._module_path(dep))
+                dep_paths.setdefault(canonical_module_name(dep), dep)
         for name, path in dep_paths.items():
             self._paths.setdefault(name, path)
 

@@ -24,7 +24,7 @@ from pytest_qemu.plugin.fixtures import (
 from pytest_qemu.plugin.kernel_log import check_kernel_log
 from pytest_qemu.plugin.options import add_options
 from pytest_qemu.plugin.reports import gather_logs, vm_report
-from pytest_qemu.plugin.session import QemuSession, factories_key, reports_key
+from pytest_qemu.plugin.session import QemuSession, factories_key, next_item_key, reports_key
 from pytest_qemu.vm.machine import kill_all_vms
 
 __all__ = [
@@ -137,8 +137,22 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
+    """Remember which test follows (``--qemu-prepare-ahead`` prepares its VM)."""
+    item.stash[next_item_key] = nextitem
+    try:
+        return (yield)
+    finally:
+        del item.stash[next_item_key]
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    # First: a VM being prepared ahead (even a template's boot, after Ctrl-C) ends at once.
     kill_all_vms()
+    QemuSession.of(session.config).close()
     worker_output = getattr(session.config, "workeroutput", None)
     if worker_output is not None:
         worker_output["pytest_qemu_stats"] = QemuSession.of(session.config).stats.as_data()

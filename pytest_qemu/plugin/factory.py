@@ -19,6 +19,7 @@ from pytest_qemu.plugin.options import USERLAND_CHOICES
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
+from pytest_qemu.vm.pool import VMPool
 from pytest_qemu.vm.snapshot import SnapshotStore
 
 
@@ -46,8 +47,13 @@ class VMFactory:
         snapshots: SnapshotStore | None = None,
         defaults: dict[str, object] | None = None,
         shared_directories: Iterable[Path] = (),
+        pool: VMPool | None = None,
     ) -> None:
         self._session = session
+        self._pool = pool
+        #: Whether a VM without devices it starts is followed by another like it, prepared
+        #: ahead in the *pool* (the ``qemu_vm`` fixture sets it when the next test wants one).
+        self.prepare_next = False
         self._shared_directories = tuple(shared_directories)
         self._log_root = log_root
         self._snapshots = snapshots
@@ -158,18 +164,36 @@ class VMFactory:
             cpus=cpus,
             qemu_args=qemu_arg_list,
         )
-        with self._lock:
-            vm = VM(
+        timeout = settings.boot_timeout if boot_timeout is None else boot_timeout
+        snapshots = self._snapshots if snapshot in (None, True) else None
+
+        def new_vm(directory: Path) -> VM:
+            return VM(
                 spec,
-                log_dir=log_dir,
-                boot_timeout=settings.boot_timeout if boot_timeout is None else boot_timeout,
-                snapshots=self._snapshots if snapshot in (None, True) else None,
+                log_dir=directory,
+                boot_timeout=timeout,
+                snapshots=snapshots,
                 guest=guest,
                 gdb=settings.gdb,
             )
-            self.vms.append(vm)
-        vm.start()
+
+        # Only VMs without devices are prepared ahead: devices hold host resources (ports,
+        # directories) of the test that asked for them.
+        poolable = not all_devices and snapshots is not None and not settings.gdb
+        pool = self._pool if poolable else None
+        key = (repr(spec), type(guest).__name__, guest.snapshot_key_parts, timeout)
+        vm = pool.take(key, log_dir) if pool is not None else None
+        if vm is not None:
+            with self._lock:
+                self.vms.append(vm)
+        else:
+            with self._lock:
+                vm = new_vm(log_dir)
+                self.vms.append(vm)
+            vm.start()
         self._session.stats.record(vm)
+        if pool is not None and self.prepare_next:
+            pool.prepare(key, lambda directory: new_vm(directory).start())
         return vm
 
     def _guest(

@@ -20,6 +20,7 @@ from pytest_qemu.plugin.session import (
     factories_key,
     log_root_for,
     marker_options,
+    next_test_wants_the_same_vm,
     reports_key,
     snapshots_wanted,
 )
@@ -145,6 +146,7 @@ def _factory(
         snapshots=session.snapshot_store() if snapshots_wanted(request) else None,
         defaults=options,
         shared_directories=[tmp_path_factory.getbasetemp()],
+        pool=session.pool(request.config),
     )
 
 
@@ -153,13 +155,16 @@ def _text(value: object) -> str | None:
 
 
 @pytest.fixture
-def qemu_vm(qemu_vm_factory: VMFactory, qemu_devices: Sequence[Device]) -> VM:
+def qemu_vm(
+    request: pytest.FixtureRequest, qemu_vm_factory: VMFactory, qemu_devices: Sequence[Device]
+) -> VM:
     """A running VM on the default guest, with the devices of the ``qemu_devices`` fixture.
 
     ``qemu_vm.run(cmd)``, ``qemu_vm.check(cmd)``, ``qemu_vm.put(...)``,
     ``qemu_vm.console``, ``qemu_vm.qmp(...)``. The test's ``qemu`` marker
     chooses its architecture and userland. It is shut down at the end of the test.
     """
+    qemu_vm_factory.prepare_next = next_test_wants_the_same_vm(request)
     try:
         return qemu_vm_factory(devices=qemu_devices)
     except QemuError as error:

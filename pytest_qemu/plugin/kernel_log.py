@@ -1,7 +1,8 @@
 """Kernel trouble in a guest fails the test: warnings, BUGs and oopses in its kernel log.
 
-The kernel log itself is read (``dmesg`` through the command channel), not the
-console: with ``quiet``, a kernel warning never reaches the console.
+The kernel log itself is read (:meth:`VM.kernel_log`, through the command
+channel), not the console: with ``quiet``, a kernel warning never reaches the
+console.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def check_kernel_log(vm: VM) -> None:
     if not vm.is_running():
         return
     try:
-        log = vm.run("dmesg", timeout=30).stdout
+        log = vm.kernel_log(timeout=30)
     except QemuError:
         return
     trouble = kernel_trouble(log)

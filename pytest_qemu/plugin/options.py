@@ -57,6 +57,12 @@ _OPTIONS = (
         "off",
     ),
     (
+        "prepare-ahead",
+        "how many VMs to start ahead, while tests run, for the next tests that use qemu_vm: "
+        "a number, off, or auto (the CPUs pytest's processes leave free: none under -n auto)",
+        "auto",
+    ),
+    (
         "kernel-warnings",
         "fail: a warning, BUG or oops in a guest kernel's log fails the test; ignore",
         "fail",
@@ -159,6 +165,15 @@ def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _prepare_ahead(config: pytest.Config) -> str:
+    value = _value(config, "prepare-ahead")
+    if value not in ("auto", "off") and not (value.isdigit() and int(value) > 0):
+        raise ConfigurationError(
+            f"--qemu-prepare-ahead {value!r} is not 'auto', 'off' or a number of VMs (1, 2...)"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class QemuSettings:
     """The run's QEMU settings, from the command line, the ini file and defaults."""
@@ -179,6 +194,7 @@ class QemuSettings:
     log_dir: Path | None = None
     gdb: bool = False
     keep_failed: bool = False
+    prepare_ahead: str = "auto"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -215,6 +231,7 @@ class QemuSettings:
             else None,
             gdb=_choice(config, "gdb", ("on", "off")) == "on",
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
+            prepare_ahead=_prepare_ahead(config),
         )
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.summary import RunStats
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
+from pytest_qemu.vm.pool import VMPool
 from pytest_qemu.vm.snapshot import SnapshotStore
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ session_key = pytest.StashKey["QemuSession"]()
 factories_key = pytest.StashKey[list["VMFactory"]]()
 #: A test's reports so far, by phase ("setup", "call", "teardown").
 reports_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+#: The test pytest runs after this one in this process (None for the last).
+next_item_key = pytest.StashKey["pytest.Item | None"]()
 
 
 class QemuSession:
@@ -39,6 +43,7 @@ class QemuSession:
         #: How this process's VMs started (the controller's holds every worker's).
         self.stats = RunStats()
         self._accelerators: dict[str, AcceleratorChoice] = {}
+        self._pool: VMPool | None = None
 
     @classmethod
     def of(cls, config: pytest.Config) -> QemuSession:
@@ -84,9 +89,46 @@ class QemuSession:
             self._accelerators[platform.name] = choice
         return choice
 
+    def pool(self, config: pytest.Config) -> VMPool | None:
+        """Where VMs are prepared ahead of the tests that take them; None when
+        ``--qemu-prepare-ahead`` is off, or auto and no CPU would be free for it."""
+        depth = _prepare_ahead_depth(self.settings.prepare_ahead, config)
+        if depth == 0:
+            return None
+        with self._lock:
+            if self._pool is None:
+                temporary = getattr(config, "_tmp_path_factory", None)
+                if temporary is None:
+                    return None
+                # Beside the tests' own directories: a VM's logs move there when taken.
+                self._pool = VMPool(temporary.getbasetemp() / "qemu-prepared", depth)
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the VMs prepared ahead that no test took."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
     def snapshot_store(self) -> SnapshotStore | None:
         """Where snapshots are kept; None when ``--qemu-snapshots=off``."""
         return SnapshotStore(self.cache_dir / "snapshots") if self.settings.snapshots else None
+
+
+def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
+    """How many VMs each pytest process prepares ahead."""
+    if setting == "off":
+        return 0
+    if setting != "auto":
+        return int(setting)
+    # Prepared VMs start beside the tests' own, and only help on CPUs left free: with
+    # -n 2 on two cores they slowed a suite down; without xdist, two prepared at once
+    # kept both cores busy while pytest waited (benchmarks/boot_times.py, step 6c).
+    worker_input = getattr(config, "workerinput", None)
+    processes = int(worker_input.get("workercount", 1)) if worker_input else 1
+    cpus = len(os.sched_getaffinity(0))
+    return cpus // processes if cpus > processes else 0
 
 
 def settings(config: pytest.Config) -> QemuSettings:
@@ -110,6 +152,26 @@ def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
         for name, value in marker.kwargs.items()
         if name not in ("snapshot", "kernel_warnings")
     }
+
+
+def next_test_wants_the_same_vm(request: pytest.FixtureRequest) -> bool:
+    """Whether the test after *request*'s (in this process) asks for ``qemu_vm`` too, with
+    the same ``qemu`` marker and architecture: its VM is then worth preparing ahead."""
+    item = request.node
+    following = item.stash.get(next_item_key, None)
+    if following is None or "qemu_vm" not in getattr(following, "fixturenames", ()):
+        return False
+
+    def settings_of(node: pytest.Item) -> tuple[object, object]:
+        marker = node.get_closest_marker("qemu")
+        callspec = getattr(node, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        return (
+            marker.kwargs if marker is not None else {},
+            (params.get("qemu_arch"), repr(params.get("qemu_devices"))),
+        )
+
+    return settings_of(item) == settings_of(following)
 
 
 def log_root_for(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -> Path:

@@ -3,7 +3,6 @@ the boot files' sizes, to check that the guest's memory can hold them."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +219,8 @@ def build_command_line(
     setup_on_kernel_command_line: bool = True,
     memory_file: Path | None = None,
     share_memory: bool = False,
-    incoming: Path | str | None = None,
+    incoming_fd: int | None = None,
+    qmp_listener_fd: int | None = None,
 ) -> BuiltCommandLine:
     """The QEMU argv for *spec*, with QMP and console on UNIX sockets at *paths*.
 
@@ -232,9 +232,13 @@ def build_command_line(
 
     *memory_file* backs the guest's RAM with a file: mapped shared
     (*share_memory*, a template being built, whose RAM is the file) or
-    privately (a clone: copy-on-write over the template's RAM). *incoming* is a
-    saved state to restore instead of booting, or ``"defer"`` to wait for QMP
-    ``migrate-incoming``.
+    privately (a clone: copy-on-write over the template's RAM). *incoming_fd* is
+    a file descriptor QEMU inherits, open on a saved device state to restore
+    instead of booting: QEMU waits for QMP ``migrate-incoming`` with
+    :func:`incoming_uri`.
+    *qmp_listener_fd* is a UNIX socket already listening at ``paths.qmp_socket``,
+    inherited by QEMU, so that the caller can connect without waiting for QEMU
+    to create it.
     """
     ctx = DeviceContext()
     _check_guest_names(spec.devices, ctx)
@@ -281,8 +285,13 @@ def build_command_line(
             argv += ["-initrd", str(spec.initramfs)]
         if kernel_args:
             argv += ["-append", " ".join(kernel_args)]
+    qmp_chardev = (
+        server_socket("qmp", paths.qmp_socket)
+        if qmp_listener_fd is None
+        else option_string("socket", id="qmp", fd=str(qmp_listener_fd), server=True, wait=False)
+    )
     argv += [
-        "-chardev", server_socket("qmp", paths.qmp_socket),
+        "-chardev", qmp_chardev,
         "-mon", "chardev=qmp,mode=control",
         "-chardev", server_socket(
             # Appending lets a restored VM's log start with the boot it was saved from.
@@ -296,12 +305,17 @@ def build_command_line(
     argv += channel_args
     argv += device_args
     argv += list(spec.qemu_args)
-    if incoming == "defer":
+    if incoming_fd is not None:
+        # QEMU 7.2 has no command-line switch for x-ignore-shared: the caller sets it
+        # over QMP, then starts the restore from the inherited descriptor.
         argv += ["-incoming", "defer"]
-    elif incoming is not None:
-        # QEMU runs exec: URIs with /bin/sh.
-        argv += ["-incoming", f"exec:cat {shlex.quote(str(incoming))}"]
     return BuiltCommandLine(argv, kernel_args, setup_args, layout)
+
+
+def incoming_uri(incoming_fd: int) -> str:
+    """The ``migrate-incoming`` URI of a state QEMU inherited as descriptor *incoming_fd*
+    (no shell runs in QEMU, unlike an ``exec:`` URI)."""
+    return f"fd:{incoming_fd}"
 
 
 #: The QEMU id of the guest RAM's memory backend when it lives in a file.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line, d
 from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.process import spawn
-from pytest_qemu.vm.qmp import QMPConnection
+from pytest_qemu.vm.qmp import EventCallback, QMPConnection
 from pytest_qemu.vm.rundir import make_run_directory
 from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
 from pytest_qemu.vm.snapshotting import start_from_snapshot
@@ -211,18 +213,28 @@ class VM:
             return self.guest.channel(self._socket_dir)
         return AgentChannel(self._socket_dir)
 
-    def _launch(self, argv: list[str], console_prefix: Path | None) -> None:
-        """Start QEMU on *argv*: the lifecycle's three steps, each a hook of its own."""
+    def _launch(
+        self,
+        argv: list[str],
+        console_prefix: Path | None,
+        pass_fds: tuple[int, ...] = (),
+        events: Mapping[str, EventCallback] | None = None,
+    ) -> None:
+        """Start QEMU on *argv*: the lifecycle's three steps, each a hook of its own.
+
+        *pass_fds* are inherited by QEMU; *events* are QMP events to listen for
+        from the first moment of the QMP session.
+        """
         environment = self._pre_launch(console_prefix)
         with self.stderr_log.open("wb") as stderr:
             try:
-                process = spawn(argv, stderr=stderr, env=environment)
+                process = spawn(argv, stderr=stderr, env=environment, pass_fds=pass_fds)
             except FileNotFoundError:
                 raise SetupError(
                     f"QEMU binary {argv[0]!r} was not found: install it with "
                     f"`apt-get install {self.spec.platform.qemu_package}` or pass --qemu-binary"
                 ) from None
-        self._post_launch(process)
+        self._post_launch(process, events or {})
 
     def _pre_launch(self, console_prefix: Path | None) -> dict[str, str]:
         """Before QEMU starts: a fresh console log (a clone's starts with its template's
@@ -236,11 +248,15 @@ class VM:
         # with the VM's sockets, removed at teardown.
         return {**os.environ, "TMPDIR": str(self._socket_dir)}
 
-    def _post_launch(self, process: subprocess.Popen[bytes]) -> None:
+    def _post_launch(
+        self, process: subprocess.Popen[bytes], events: Mapping[str, EventCallback]
+    ) -> None:
         """Once QEMU runs: its QMP session, listening for the channel's port events."""
         qmp = QMPConnection(f"vm-{process.pid}")
         if self._channel.serial_port_id is not None:
             qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
+        for name, callback in events.items():
+            qmp.on_events([name], callback)
         self._launched = _Launch(process, qmp)
         try:
             connection = connect_unix(
@@ -393,6 +409,20 @@ class VM:
         # Without a log directory of its own, the console log lives here: keep it.
         if self.log_dir != self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    def move_logs(self, destination: Path) -> None:
+        """Move this VM's log directory to *destination* (absent, or an empty directory,
+        on the same file system), while QEMU keeps writing to its open files."""
+        if self.log_dir == self._socket_dir:
+            raise VMError("this VM keeps its logs with its sockets: they cannot be moved")
+        os.replace(self.log_dir, destination)
+        self.log_dir = destination
+        self._paths = dataclasses.replace(
+            self._paths, console_log=destination / self._paths.console_log.name
+        )
+        self.stderr_log = destination / self.stderr_log.name
+        self.transcript.path = destination / self.transcript.path.name
+        self.console.log_path = self._paths.console_log
 
     def __enter__(self) -> VM:
         if not self._started:
@@ -580,6 +610,22 @@ class VM:
             timeout,
         )
         return destination
+
+    @concise_traceback
+    def kernel_log(self, timeout: float | None = 30.0) -> str:
+        """The guest kernel's log, as ``dmesg`` prints it.
+
+        The default guest's agent reads it without starting a process in the
+        guest; other channels run ``dmesg``.
+        """
+        action = "read the guest kernel's log"
+        try:
+            log: str | None = self._call(action, lambda: self._channel.kernel_log(timeout), timeout)
+        except RequestRefused as refused:
+            raise TransferFailed(f"cannot {action}: {refused}") from None
+        if log is None:
+            return self.check("dmesg", timeout=timeout)
+        return log
 
     def _transfer(self, action: str, transfer: Any, timeout: float | None) -> None:
         try:

@@ -5,8 +5,8 @@ a *template*: its RAM is a file (mapped shared), and once its agent answers its
 device state is saved with QMP ``migrate`` and ``x-ignore-shared`` (the RAM
 stays in the file) and the template VM is stopped. Every VM, that first one
 included, is then a *clone*: QEMU maps the RAM file privately (copy-on-write),
-starts with ``-incoming defer``, loads the device state with
-``migrate-incoming``, and the guest is personalised. A clone that fails falls
+reads the device state from a descriptor it inherits (``migrate-incoming`` of
+``fd:N``, with ``x-ignore-shared``), and the guest is personalised. A clone that fails falls
 back to a boot (the snapshot is discarded, so the next VM rebuilds it),
 unless QEMU failed because of the user's set-up, which booting would not cure.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +25,8 @@ from qemu.qmp import QMPError
 
 from pytest_qemu.errors import ConfigurationError, VMError, VMExited
 from pytest_qemu.guests.overlays import create_overlay
-from pytest_qemu.vm.argv import build_command_line
+from pytest_qemu.sockets import listen_unix
+from pytest_qemu.vm.argv import build_command_line, incoming_uri
 from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.snapshot import Snapshot
 
@@ -118,28 +120,37 @@ def _clone(vm: VM, snapshot: Snapshot) -> bool:
     except ConfigurationError as error:
         _give_up_clone(vm, snapshot, switched, error, "")
         return False
-    argv = build_command_line(
-        vm.spec,
-        vm._paths,
-        channel_args=vm._channel.qemu_args(),
-        setup_on_kernel_command_line=False,
-        memory_file=snapshot.ram,
-        share_memory=False,
-        incoming="defer",
-    ).argv
+    resumed = threading.Event()
+    argv: list[str] = []
     try:
-        vm._launch(argv, console_prefix=snapshot.console)
-        deadline = time.monotonic() + min(vm.boot_timeout, _RESTORE_TIMEOUT)
-        launched = vm._launched
-        assert launched is not None
-        try:
-            launched.qmp.execute("migrate-set-capabilities", _IGNORE_SHARED, 10)
-            launched.qmp.execute(
-                "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snapshot.state))}"}, 10
+        # QEMU inherits the saved state and its QMP socket: it reads the state as it
+        # starts, and the QMP connection needs no retries.
+        with snapshot.state.open("rb") as state, listen_unix(vm._paths.qmp_socket) as listener:
+            argv = build_command_line(
+                vm.spec,
+                vm._paths,
+                channel_args=vm._channel.qemu_args(),
+                setup_on_kernel_command_line=False,
+                memory_file=snapshot.ram,
+                share_memory=False,
+                incoming_fd=state.fileno(),
+                qmp_listener_fd=listener.fileno(),
+            ).argv
+            vm._launch(
+                argv,
+                console_prefix=snapshot.console,
+                pass_fds=(state.fileno(), listener.fileno()),
+                events={"RESUME": lambda _name, _data: resumed.set()},
             )
-        except (QMPError, OSError, TimeoutError) as error:
-            raise _RestoreFailed(f"QEMU refused the saved state ({error})") from None
-        _wait_until_restored(vm, deadline)
+            deadline = time.monotonic() + min(vm.boot_timeout, _RESTORE_TIMEOUT)
+            launched = vm._launched
+            assert launched is not None
+            try:
+                launched.qmp.execute("migrate-set-capabilities", _IGNORE_SHARED, 10)
+                launched.qmp.execute("migrate-incoming", {"uri": incoming_uri(state.fileno())}, 10)
+            except (QMPError, OSError, TimeoutError) as error:
+                raise _RestoreFailed(f"QEMU refused the saved state ({error})") from None
+        _wait_until_restored(vm, resumed, deadline)
         vm._wait_until_ready(deadline, resumed=True)
     except (_RestoreFailed, VMError, OSError) as error:
         stderr = vm.stderr_tail()
@@ -178,22 +189,28 @@ def _give_up_clone(
     )
 
 
-def _wait_until_restored(vm: VM, deadline: float) -> None:
-    """Wait for QMP to report the restored guest running; fail at once if it cannot."""
+def _wait_until_restored(vm: VM, resumed: threading.Event, deadline: float) -> None:
+    """Wait until the restored guest runs (QMP's RESUME event); fail at once if it cannot.
+
+    The command channel is not used before: bytes sent to a port whose device is
+    still being loaded may be lost.
+    """
     launched = vm._launched
     assert launched is not None
-    while True:
-        try:
-            status = launched.qmp.execute("query-status", None, 10)["status"]
-        except (QMPError, OSError, TimeoutError) as error:
-            raise _RestoreFailed(f"QEMU stopped answering in the restore ({error})") from None
-        if status == "running":
-            return
-        if status not in _RESTORING_STATES:
-            raise _RestoreFailed(f"the restored VM is {status!r}, not running")
-        if time.monotonic() > deadline or launched.process.poll() is not None:
-            raise _RestoreFailed(f"the snapshot was not restored in time (state {status!r})")
-        time.sleep(0.005)
+    try:
+        # RESUME may have come before the QMP session began.
+        status = launched.qmp.execute("query-status", None, 10)["status"]
+    except (QMPError, OSError, TimeoutError) as error:
+        raise _RestoreFailed(f"QEMU stopped answering in the restore ({error})") from None
+    if status == "running":
+        return
+    if status not in _RESTORING_STATES:
+        raise _RestoreFailed(f"the restored VM is {status!r}, not running")
+    while not resumed.wait(0.02):
+        if launched.process.poll() is not None:
+            raise _RestoreFailed("QEMU exited while loading the saved state")
+        if time.monotonic() > deadline:
+            raise _RestoreFailed("the snapshot was not restored in time")
 
 
 def _template_files(vm: VM) -> list[Path]:

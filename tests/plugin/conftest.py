@@ -8,6 +8,13 @@ import pytest
 from tests.helpers import running_qemu_pids
 
 
+@pytest.fixture(autouse=True)
+def _no_vms_prepared_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester's runs prepare no VMs ahead unless a test asks: under the outer run's
+    xdist workers, the CPUs they would count as free are not."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--qemu-prepare-ahead=off")
+
+
 @pytest.fixture
 def isolated_state(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private allocator state directory for the pytester runs of one test."""

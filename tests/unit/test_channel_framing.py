@@ -17,6 +17,7 @@ from pytest_qemu.channels.framing import (
     FrameReader,
     FrameType,
     decode_exit,
+    decode_hello,
     encode,
     encode_run,
     encode_stream,
@@ -96,3 +97,10 @@ def test_output_moves_to_a_file_past_its_memory_limit(tmp_path: Path) -> None:
         assert first.read(600) == b"a" * 600
         assert second.read(3) == b"aaa", "each reader has its own offset"
     assert list(tmp_path.iterdir()) == [], "the spill file is unlinked"
+
+
+def test_ready_and_pong_carry_the_setup_status_then_the_agents_features() -> None:
+    assert decode_hello(b"0\0klog") == ("0", frozenset({"klog"}))
+    # An agent from before features: the status alone, and nothing beyond the first requests.
+    assert decode_hello(b"1") == ("1", frozenset())
+    assert decode_hello(b"") == ("-", frozenset())

@@ -23,7 +23,7 @@ from pytest_qemu import (
 )
 from pytest_qemu.allocation import Allocator
 from pytest_qemu.devices.network import mac_address, multicast_netdev
-from pytest_qemu.vm.argv import RuntimePaths, build_command_line
+from pytest_qemu.vm.argv import RuntimePaths, build_command_line, incoming_uri
 
 
 @pytest.fixture
@@ -140,9 +140,12 @@ def test_devices_without_a_layout_disable_snapshots(tmp_path: Path) -> None:
     assert built.device_layout is None
 
 
-def test_incoming_path_is_quoted_for_the_shell(tmp_path: Path) -> None:
-    argv = command_line(tmp_path, [], incoming=tmp_path / "a b;rm -rf x.state")
-    assert argv[-2:] == ["-incoming", f"exec:cat '{tmp_path}/a b;rm -rf x.state'"]
+def test_a_clone_reads_its_state_from_an_inherited_descriptor(tmp_path: Path) -> None:
+    argv = command_line(tmp_path, [], incoming_fd=7, qmp_listener_fd=5)
+    assert argv[-2:] == ["-incoming", "defer"]
+    assert incoming_uri(7) == "fd:7"
+    assert "socket,id=qmp,fd=5,server=on,wait=off" in argv
+    assert not any("qmp.sock" in argument for argument in argv)
 
 
 def test_clashing_names_are_rejected(tmp_path: Path) -> None:

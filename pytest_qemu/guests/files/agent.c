@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/klog.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -42,6 +43,7 @@ extern char **environ;
 enum {
     /* host -> guest */
     T_PING = 1, T_RUN = 2, T_STDIN = 3, T_KILL = 4, T_PUT = 5, T_GET = 6, T_DATA = 7,
+    T_KLOG = 8,
     /* guest -> host */
     T_READY = 64, T_PONG = 65, T_STDOUT = 66, T_STDERR = 67, T_EXIT = 68, T_ERROR = 69,
     T_FILE = 70, T_DONE = 71,
@@ -154,6 +156,20 @@ static void send_error(uint32_t id, const char *fmt, const char *arg) {
     char message[512];
     snprintf(message, sizeof message, fmt, arg, strerror(errno));
     send_frame(T_ERROR, id, message, strlen(message));
+}
+
+/* READY and PONG carry the boot-time setup status, then (after a NUL) the requests
+   beyond the first version's that this agent answers, so that a newer host can
+   tell an older agent from a slow one. */
+#define FEATURES "klog"
+
+static void send_hello(int type, uint32_t id) {
+    char payload[sizeof setup_status + sizeof FEATURES];
+    size_t status_len = strlen(setup_status);
+    memcpy(payload, setup_status, status_len);
+    payload[status_len] = 0;
+    memcpy(payload + status_len + 1, FEATURES, sizeof FEATURES - 1);
+    send_frame(type, id, payload, status_len + sizeof FEATURES);
 }
 
 static void read_setup_status(void) {
@@ -480,6 +496,27 @@ static void get_file(uint32_t id, const unsigned char *payload, uint32_t len) {
     send_frame(T_DATA, id, NULL, 0);
 }
 
+/* The kernel log, answered like GET (FILE, DATA frames, an empty DATA): read with
+   syslog(2) instead of running dmesg, it costs the guest no new process. */
+static void send_kernel_log(uint32_t id) {
+    int size = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+    char *log = size > 0 ? malloc(size) : NULL;
+    int n = log ? klogctl(3 /* SYSLOG_ACTION_READ_ALL */, log, size) : -1;
+    if (n < 0) {
+        send_error(id, "cannot read the kernel log%s: %s", "");
+        free(log);
+        return;
+    }
+    unsigned char header[4];
+    put32(header, 0);
+    send_frame(T_FILE, id, header, sizeof header);
+    for (int offset = 0; offset < n; offset += CHUNK) {
+        send_frame(T_DATA, id, log + offset, n - offset < CHUNK ? n - offset : CHUNK);
+    }
+    send_frame(T_DATA, id, NULL, 0);
+    free(log);
+}
+
 static void handle(int type, uint32_t id, const unsigned char *payload, uint32_t len) {
     switch (type) {
     case T_PING:
@@ -495,7 +532,7 @@ static void handle(int type, uint32_t id, const unsigned char *payload, uint32_t
                 close(random);
             }
         }
-        send_frame(T_PONG, id, setup_status, strlen(setup_status));
+        send_hello(T_PONG, id);
         break;
     case T_RUN:
         start_command(id, payload, len);
@@ -515,8 +552,13 @@ static void handle(int type, uint32_t id, const unsigned char *payload, uint32_t
     case T_GET:
         get_file(id, payload, len);
         break;
+    case T_KLOG:
+        send_kernel_log(id);
+        break;
     default:
-        break; /* unknown: newer host, ignore */
+        errno = ENOSYS; /* a newer host: it falls back to what older agents have */
+        send_error(id, "%sunknown request: %s", "");
+        break;
     }
 }
 
@@ -575,7 +617,7 @@ int main(void) {
     in_buffer = malloc(HEADER_SIZE + MAX_PAYLOAD + CHUNK);
     if (!in_buffer) die("malloc");
     /* Announce ourselves: a booting host learns at once that we are here. */
-    send_frame(T_READY, 0, setup_status, strlen(setup_status));
+    send_hello(T_READY, 0);
     cmd.in = cmd.out = cmd.err = -1;
     for (;;) {
         struct pollfd fds[5 + MAX_ORPHANS];
