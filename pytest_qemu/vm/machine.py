@@ -492,7 +492,7 @@ class VM:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
     ) -> CommandResult:
-        """Run *command* with ``sh -c`` in the guest and return its status and output.
+        """Run the shell command *command* in the guest and return its status and output.
 
         The command runs in *cwd* (default ``/root``) with *input* as its
         standard input and *env* added to the guest's environment, in a session

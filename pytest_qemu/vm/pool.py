@@ -1,12 +1,13 @@
 """VMs prepared ahead: the next test's clone starts while the current test runs.
 
-A prepared VM is a clone that answered, then ran one command (``true``) so that
-QEMU has already translated the guest code every command goes through: the
-test that takes it pays neither for the start nor for the first command's
-translation. Nothing else happens in it, so it is as fresh as a VM started on
-demand. Preparation runs in one background thread per process, one VM ahead
-per configuration; a preparation that fails is dropped silently, and the test
-then starts its VM itself and sees the error there.
+A prepared VM is a clone that answered, then served one request that starts no
+process (its kernel log): its agent is known to work, and the shell its
+template started ahead is left for the test's first command. Nothing else
+happens in it, so it is as fresh as a VM started on demand.
+
+Preparations run in background threads, up to *depth* VMs ahead per
+configuration. A preparation that fails is dropped silently: the test then
+starts its VM itself and sees the error there.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def _prepare(start: VMStarter, log_dir: Path) -> VM | None:
         shutil.rmtree(log_dir, ignore_errors=True)
         return None
     try:
-        vm.check("true", timeout=30)
+        vm.kernel_log(timeout=30)
     except Exception:
         vm.kill()
         shutil.rmtree(log_dir, ignore_errors=True)

@@ -157,3 +157,52 @@ def test_the_boot_timeout_is_honoured_to_the_second(
             snapshot=False,
         )  # fmt: skip
     assert 4 <= time.monotonic() - started < 5.5
+
+
+#: Commands whose every observable outcome must not depend on when they run.
+_SHELL_CASES = [
+    "nonexistent-command-xyz",
+    "echo $0 $#; exit 3",
+    "if",  # a syntax error
+    'echo "${__pytest_qemu_command-unset}"; set | grep -c pytest_qemu_command',
+    "cat; echo done >&2",
+    "exec echo replaced",
+]
+
+
+def test_a_clones_first_command_runs_like_any_other(qemu_vm_factory: VMFactory) -> None:
+    # A clone's first plain command goes to the shell its template started ahead; later
+    # ones, and those with an environment or a directory, start their own.
+    outcomes = []
+    for case in _SHELL_CASES:
+        vm = qemu_vm_factory()
+        first = vm.run(case, input="in\n")
+        again = vm.run(case, input="in\n")
+        with_env = vm.run(case, input="in\n", env={"X": "1"})
+        outcomes.append((case, first.returncode, first.stdout, first.stderr))
+        for later in (again, with_env):
+            assert (later.returncode, later.stdout, later.stderr) == (
+                first.returncode,
+                first.stdout,
+                first.stderr,
+            ), case
+        vm.kill()
+    returncodes = {case: code for case, code, _, _ in outcomes}
+    assert returncodes["nonexistent-command-xyz"] == 127
+    assert returncodes["echo $0 $#; exit 3"] == 3
+    assert returncodes["if"] == 2
+    vm = qemu_vm_factory()
+    shell = "tr '\\0' ' ' </proc/$$/cmdline"
+    assert "read -r -d" in vm.check(shell)  # the shell started ahead took the first command
+    assert "read -r -d" not in vm.check(shell)
+    stdouts = {case: out for case, _, out, _ in outcomes}
+    assert stdouts["echo $0 $#; exit 3"] == "sh 0\n"
+    assert stdouts[_SHELL_CASES[3]] == "unset\n0\n"  # the agent's variable does not leak
+    assert stdouts["cat; echo done >&2"] == "in\n"
+    assert stdouts["exec echo replaced"] == "replaced\n"
+
+
+def test_a_clones_first_command_can_time_out_and_the_vm_goes_on(qemu_vm: VM) -> None:
+    with pytest.raises(CommandTimeout, match="still usable"):
+        qemu_vm.run("echo started; sleep 100", timeout=1)
+    assert qemu_vm.check("echo next") == "next\n"

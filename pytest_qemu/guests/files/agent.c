@@ -265,6 +265,130 @@ static void finish_command(void) {
     cmd.active = 0;
 }
 
+/*
+ * Every command runs as `eval "$command"` in a shell of its own, not as `sh -c command`:
+ * so the agent can start that shell before the command arrives. Under emulation,
+ * starting a shell (execve, the C library's and the shell's start-up) costs more than
+ * most commands, and QEMU translates that code afresh in every clone of a template.
+ * The agent starts one such *spare* shell when it starts, before it announces itself,
+ * so a template holds it waiting, and a clone's first command (in the default root,
+ * directory and environment) finds it ready: the clone pays for the command only.
+ * Other commands start their shell on demand, with the command in its environment.
+ * Both run the same eval, so a command sees no difference between the two.
+ */
+#define COMMAND_VARIABLE "__pytest_qemu_command"
+#define EVAL_COMMAND "eval \"unset " COMMAND_VARIABLE "; $" COMMAND_VARIABLE "\""
+/* Fd 4 closed: the spare is about to wait. Its command ends with a NUL, read from fd 3. */
+#define SPARE_SCRIPT \
+    "exec 4>&-; IFS= read -r -d '' " COMMAND_VARIABLE " <&3; exec 3<&-; " EVAL_COMMAND
+/* The shell reads the text byte by byte; and under PIPE_BUF, writing it never blocks. */
+#define SPARE_MAX_TEXT 4000
+
+static struct {
+    pid_t pid;
+    int in, out, err, text;
+} spare = {0, -1, -1, -1, -1};
+
+/* A pipe whose ends are numbered 10 and up, clear of the 0-4 a child's dup2s target. */
+static int pipe_high(int ends[2]) {
+    int raw[2];
+    if (pipe2(raw, O_CLOEXEC) < 0) return -1;
+    ends[0] = fcntl(raw[0], F_DUPFD_CLOEXEC, 10);
+    ends[1] = fcntl(raw[1], F_DUPFD_CLOEXEC, 10);
+    close(raw[0]);
+    close(raw[1]);
+    if (ends[0] >= 0 && ends[1] >= 0) return 0;
+    if (ends[0] >= 0) close(ends[0]);
+    if (ends[1] >= 0) close(ends[1]);
+    return -1;
+}
+
+static void close_pipes(int pipes[][2], int count) {
+    for (int i = 0; i < count; i++) {
+        close(pipes[i][0]);
+        close(pipes[i][1]);
+    }
+}
+
+static void start_spare(void) {
+    int pipes[5][2]; /* stdin, stdout, stderr, the command's text, readiness */
+    for (int made = 0; made < 5; made++) {
+        if (pipe_high(pipes[made]) < 0) { /* no spare: every command starts its own shell */
+            close_pipes(pipes, made);
+            return;
+        }
+    }
+    char *const argv[] = {"sh", "-c", SPARE_SCRIPT, NULL};
+    sigset_t none;
+    sigemptyset(&none);
+    pid_t pid = vfork();
+    if (pid == 0) {
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        setsid();
+        dup2(pipes[0][0], 0);
+        dup2(pipes[1][1], 1);
+        dup2(pipes[2][1], 2);
+        dup2(pipes[3][0], 3);
+        dup2(pipes[4][1], 4);
+        execve("/bin/sh", argv, environ);
+        _exit(127);
+    }
+    if (pid < 0) {
+        close_pipes(pipes, 5);
+        return;
+    }
+    close(pipes[0][0]);
+    close(pipes[1][1]);
+    close(pipes[2][1]);
+    close(pipes[3][0]);
+    close(pipes[4][1]);
+    /* Wait until it waits: a template saved now holds a shell that has started. */
+    struct pollfd ready = {.fd = pipes[4][0], .events = POLLIN};
+    while (poll(&ready, 1, 10000) < 0 && errno == EINTR) {
+    }
+    close(pipes[4][0]);
+    set_nonblock(pipes[0][1]);
+    set_nonblock(pipes[1][0]);
+    set_nonblock(pipes[2][0]);
+    spare.pid = pid;
+    spare.in = pipes[0][1];
+    spare.out = pipes[1][0];
+    spare.err = pipes[2][0];
+    spare.text = pipes[3][1];
+}
+
+static void drop_spare(void) {
+    spare.pid = 0;
+    close_fd(&spare.in);
+    close_fd(&spare.out);
+    close_fd(&spare.err);
+    close_fd(&spare.text);
+}
+
+/* Hand the command to the spare shell; 0 if it cannot take it (then start a shell). */
+static int use_spare(uint32_t id, const char *command, int64_t deadline) {
+    size_t length = strlen(command) + 1; /* with its NUL: the end of the text */
+    if (spare.pid <= 0 || length > SPARE_MAX_TEXT) return 0;
+    ssize_t written = write(spare.text, command, length);
+    close_fd(&spare.text);
+    if (written != (ssize_t)length) { /* it died: the reaper has or will let it go */
+        kill(-spare.pid, SIGKILL);
+        return 0;
+    }
+    memset(&cmd, 0, sizeof cmd);
+    cmd.id = id;
+    cmd.pid = spare.pid;
+    cmd.in = spare.in;
+    cmd.out = spare.out;
+    cmd.err = spare.err;
+    cmd.deadline = deadline;
+    cmd.active = 1;
+    spare.pid = 0;
+    spare.in = spare.out = spare.err = -1;
+    return 1;
+}
+
 static void start_command(uint32_t id, const unsigned char *payload, uint32_t len) {
     if (cmd.active) {
         errno = EBUSY;
@@ -293,29 +417,35 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         send_error(id, "%sa RUN request without a command: %s", "");
         return;
     }
+    const char *environment = command + strlen(command) + 1;
+    int64_t deadline = timeout_ms ? now_ms() + timeout_ms : 0;
+    if (!*root && !*cwd && environment >= end && use_spare(id, command, deadline)) return;
     int in[2], out[2], err[2];
     if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
         send_error(id, "%scannot create pipes: %s", "");
         return;
     }
     /* The environment is built here: a vfork child must not touch the agent's memory. */
-    size_t count = 0;
+    size_t count = 1;
     for (char **variable = environ; *variable; variable++) count++;
-    for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1) count++;
+    for (const char *v = environment; v < end; v += strlen(v) + 1) count++;
     char **envp = malloc(sizeof(char *) * (count + 1));
-    if (!envp) die("malloc");
+    char *command_variable = malloc(sizeof COMMAND_VARIABLE + strlen(command) + 1);
+    if (!envp || !command_variable) die("malloc");
+    sprintf(command_variable, COMMAND_VARIABLE "=%s", command);
     size_t n_env = 0;
     for (char **variable = environ; *variable; variable++) {
         int overridden = 0;
         size_t name_len = strcspn(*variable, "=");
-        for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1)
+        for (const char *v = environment; v < end; v += strlen(v) + 1)
             if (strncmp(v, *variable, name_len + 1) == 0) overridden = 1;
         if (!overridden) envp[n_env++] = *variable;
     }
-    for (const char *v = command + strlen(command) + 1; v < end; v += strlen(v) + 1)
+    for (const char *v = environment; v < end; v += strlen(v) + 1)
         envp[n_env++] = (char *)v;
+    envp[n_env++] = command_variable;
     envp[n_env] = NULL;
-    char *const argv[] = {"sh", "-c", (char *)command, NULL};
+    char *const argv[] = {"sh", "-c", EVAL_COMMAND, NULL};
     sigset_t none;
     sigemptyset(&none);
     /* vfork: under emulation, copying the agent's page tables for fork costs more than
@@ -342,6 +472,7 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
         _exit(127);
     }
     free(envp);
+    free(command_variable);
     if (pid < 0) {
         send_error(id, "%scannot start a process: %s", "");
         close(in[0]); close(in[1]); close(out[0]); close(out[1]); close(err[0]); close(err[1]);
@@ -359,7 +490,7 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
     cmd.in = in[1];
     cmd.out = out[0];
     cmd.err = err[0];
-    cmd.deadline = timeout_ms ? now_ms() + timeout_ms : 0;
+    cmd.deadline = deadline;
     cmd.active = 1;
 }
 
@@ -588,6 +719,7 @@ static void reap(void) {
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == spare.pid) drop_spare();
         if (cmd.active && pid == cmd.pid) {
             cmd.status = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
             cmd.pid = 0;
@@ -616,9 +748,10 @@ int main(void) {
     }
     in_buffer = malloc(HEADER_SIZE + MAX_PAYLOAD + CHUNK);
     if (!in_buffer) die("malloc");
+    cmd.in = cmd.out = cmd.err = -1;
+    start_spare();
     /* Announce ourselves: a booting host learns at once that we are here. */
     send_hello(T_READY, 0);
-    cmd.in = cmd.out = cmd.err = -1;
     for (;;) {
         struct pollfd fds[5 + MAX_ORPHANS];
         int n = 0;
