@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Generator
 from typing import Any
 
@@ -21,11 +22,8 @@ from pytest_qemu.plugin.fixtures import (
     qemu_vm,
     qemu_vm_factory,
 )
-from pytest_qemu.plugin.kernel_log import check_kernel_log
 from pytest_qemu.plugin.options import add_options
-from pytest_qemu.plugin.reports import gather_logs, vm_report
 from pytest_qemu.plugin.session import QemuSession, factories_key, next_item_key, reports_key
-from pytest_qemu.vm.machine import kill_all_vms
 
 __all__ = [
     "fat_dir",
@@ -84,7 +82,9 @@ def pytest_runtest_makereport(
     console's last lines, QEMU's command line and stderr."""
     report = yield
     item.stash.setdefault(reports_key, {})[report.when] = report
-    if report.failed:
+    if report.failed and item.stash.get(factories_key, []):
+        from pytest_qemu.plugin.reports import gather_logs, vm_report
+
         log_dir = QemuSession.of(item.config).settings.log_dir
         for factory in item.stash.get(factories_key, []):
             for index, vm in enumerate(factory.vms):
@@ -113,7 +113,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     wanted = QemuSession.of(item.config).settings.kernel_warnings == "fail"
     if marker is not None and "kernel_warnings" in marker.kwargs:
         wanted = bool(marker.kwargs["kernel_warnings"])
-    if wanted:
+    if wanted and item.stash.get(factories_key, []):
+        from pytest_qemu.plugin.kernel_log import check_kernel_log
+
         for factory in item.stash.get(factories_key, []):
             for vm in factory.vms:
                 check_kernel_log(vm)
@@ -151,7 +153,10 @@ def pytest_runtest_protocol(
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # First: a VM being prepared ahead (even a template's boot, after Ctrl-C) ends at once.
-    kill_all_vms()
+    if "pytest_qemu.vm.machine" in sys.modules:  # else no VM was ever started
+        from pytest_qemu.vm.machine import kill_all_vms
+
+        kill_all_vms()
     QemuSession.of(session.config).close()
     worker_output = getattr(session.config, "workeroutput", None)
     if worker_output is not None:

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qemu.devices.base import Device
-from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
-from pytest_qemu.devices.network import Network
 from pytest_qemu.errors import QemuError
-from pytest_qemu.guests.default import DefaultGuest
-from pytest_qemu.plugin.factory import VMFactory
-from pytest_qemu.plugin.keep import keep_alive
-from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import (
     QemuSession,
     factories_key,
@@ -24,7 +18,16 @@ from pytest_qemu.plugin.session import (
     reports_key,
     snapshots_wanted,
 )
-from pytest_qemu.vm.machine import VM
+
+# The rest is imported when a fixture runs: this module loads in every pytest run.
+if TYPE_CHECKING:
+    from pytest_qemu.devices.base import Device
+    from pytest_qemu.devices.directories import P9Directory, ReadOnlyDirectory
+    from pytest_qemu.devices.network import Network
+    from pytest_qemu.guests.default import DefaultGuest
+    from pytest_qemu.plugin.factory import VMFactory
+    from pytest_qemu.plugin.options import QemuSettings
+    from pytest_qemu.vm.machine import VM
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +94,8 @@ def qemu_vm_factory(
     finally:
         try:
             if QemuSession.of(request.config).settings.keep_failed and _failed(request.node):
+                from pytest_qemu.plugin.keep import keep_alive
+
                 keep_alive(request.config, factory.vms, request.node.nodeid)
         finally:
             factory.close()
@@ -140,6 +145,8 @@ def _factory(
         session.accelerator(platform)
     except QemuError as error:
         pytest.fail(str(error), pytrace=False)
+    from pytest_qemu.plugin.factory import VMFactory
+
     return VMFactory(
         session,
         log_root=log_root_for(request, tmp_path_factory),
@@ -179,6 +186,8 @@ def p9_dir(tmp_path: Path) -> P9Directory:
     """
     directory = tmp_path / "p9"
     directory.mkdir()
+    from pytest_qemu.devices.directories import P9Directory
+
     return P9Directory(directory)
 
 
@@ -191,6 +200,8 @@ def fat_dir(tmp_path: Path) -> ReadOnlyDirectory:
     """
     directory = tmp_path / "fat"
     directory.mkdir()
+    from pytest_qemu.devices.directories import ReadOnlyDirectory
+
     return ReadOnlyDirectory(directory)
 
 
@@ -200,6 +211,8 @@ def qemu_network(request: pytest.FixtureRequest) -> Iterator[Network]:
 
     Its port and MACs are leased for the test and released at its end.
     """
+    from pytest_qemu.devices.network import Network
+
     network = Network()
     try:
         yield network

@@ -11,16 +11,16 @@ import pytest
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
-from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.summary import RunStats
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
-from pytest_qemu.vm.pool import VMPool
-from pytest_qemu.vm.snapshot import SnapshotStore
 
 if TYPE_CHECKING:
+    from pytest_qemu.guests.default import DefaultGuest
     from pytest_qemu.plugin.factory import VMFactory
+    from pytest_qemu.vm.pool import VMPool
+    from pytest_qemu.vm.snapshot import SnapshotStore
 
 session_key = pytest.StashKey["QemuSession"]()
 factories_key = pytest.StashKey[list["VMFactory"]]()
@@ -61,6 +61,8 @@ class QemuSession:
         platform = platform or self.platform()
         with self._lock:
             if platform.name not in self._guests:
+                from pytest_qemu.guests.default import DefaultGuest
+
                 self._guests[platform.name] = DefaultGuest(self._cache, platform=platform)
             return self._guests[platform.name]
 
@@ -100,6 +102,8 @@ class QemuSession:
                 temporary = getattr(config, "_tmp_path_factory", None)
                 if temporary is None:
                     return None
+                from pytest_qemu.vm.pool import VMPool
+
                 # Beside the tests' own directories: a VM's logs move there when taken.
                 self._pool = VMPool(temporary.getbasetemp() / "qemu-prepared", depth)
             return self._pool
@@ -113,7 +117,11 @@ class QemuSession:
 
     def snapshot_store(self) -> SnapshotStore | None:
         """Where snapshots are kept; None when ``--qemu-snapshots=off``."""
-        return SnapshotStore(self.cache_dir / "snapshots") if self.settings.snapshots else None
+        if not self.settings.snapshots:
+            return None
+        from pytest_qemu.vm.snapshot import SnapshotStore
+
+        return SnapshotStore(self.cache_dir / "snapshots")
 
 
 def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:

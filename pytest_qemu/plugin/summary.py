@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import statistics
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_qemu.vm.machine import VM
+if TYPE_CHECKING:
+    from pytest_qemu.vm.machine import VM
 
 
 class RunStats:
