@@ -218,6 +218,11 @@ class AgentChannel(CommandChannel):
         self._exchange(None, deadline, ping_interval=ping_interval, personalise=resumed)
         return self.setup_status
 
+    def settle(self, deadline: float) -> None:
+        # The agent starts its spare shell after READY and answers pings once it waits.
+        self._ready = False
+        self._exchange(None, deadline, ping_interval=lambda: _RESUMED_PING_INTERVAL)
+
     def _ensure_ready(self) -> None:
         """Before a request: wait for an agent that died to be back."""
         if self._ready and not self._agent_lost():

@@ -159,6 +159,10 @@ class CommandChannel(abc.ABC):
     def get(self, guest_path: str, destination: Path, timeout: float | None) -> int:
         """Copy the guest file *guest_path* to *destination*; return its permission bits."""
 
+    def settle(self, deadline: float) -> None:  # noqa: B027 - optional hook
+        """Wait until what the guest side starts after announcing itself has started
+        (called before a VM is saved as a template)."""
+
     def kernel_log(self, timeout: float | None) -> str | None:
         """The guest kernel's log as ``dmesg`` prints it, read without starting a
         process in the guest; None if this channel cannot (callers run ``dmesg``)."""

@@ -83,6 +83,7 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
         vm._launch(argv, console_prefix=None)
         vm.argv = argv
         vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
+        vm._channel.settle(started + vm.boot_timeout)
         if _save(vm, snapshot, partial_ram, _template_files(vm)):
             vm._stop_process()
             vm.built_template = True

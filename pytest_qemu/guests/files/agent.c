@@ -270,8 +270,9 @@ static void finish_command(void) {
  * so the agent can start that shell before the command arrives. Under emulation,
  * starting a shell (execve, the C library's and the shell's start-up) costs more than
  * most commands, and QEMU translates that code afresh in every clone of a template.
- * The agent starts one such *spare* shell when it starts, before it announces itself,
- * so a template holds it waiting, and a clone's first command (in the default root,
+ * The agent starts one such *spare* shell right after it announces itself, and answers
+ * nothing until it waits; the host pings once more before it saves a template, so a
+ * template holds it waiting, and a clone's first command (in the default root,
  * directory and environment) finds it ready: the clone pays for the command only.
  * Other commands start their shell on demand, with the command in its environment.
  * Both run the same eval, so a command sees no difference between the two.
@@ -749,9 +750,10 @@ int main(void) {
     in_buffer = malloc(HEADER_SIZE + MAX_PAYLOAD + CHUNK);
     if (!in_buffer) die("malloc");
     cmd.in = cmd.out = cmd.err = -1;
-    start_spare();
     /* Announce ourselves: a booting host learns at once that we are here. */
     send_hello(T_READY, 0);
+    /* Then start the spare shell; pings are answered once it waits (see settle()). */
+    start_spare();
     for (;;) {
         struct pollfd fds[5 + MAX_ORPHANS];
         int n = 0;
