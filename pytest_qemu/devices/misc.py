@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext, default_names
 from pytest_qemu.devices.options import option_string, validate_id, validate_kernel_argument
+from pytest_qemu.devices.virtio_blk import virtio_disk_args
 from pytest_qemu.errors import ConfigurationError
 
 _DISK_FORMATS = frozenset({"raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"})
@@ -86,22 +87,15 @@ class Disk(Device):
         return f"/dev/disk/by-id/virtio-{self.serial}"
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
-        drive = ctx.id_for(self, "disk")
-        return [
-            "-drive",
-            # file.driver=file keeps QEMU from reading a protocol ("nbd:") into the path.
-            option_string(
-                "if=none",
-                id=drive,
-                format=self.format,
-                readonly=True if self.read_only else None,
-                # QEMU writes to a temporary qcow2 overlay (in $TMPDIR) backed by the image.
-                snapshot=None if self.read_only or self.persistent else True,
-                **{"file.driver": "file", "file.filename": str(self.image)},
-            ),
-            "-device",
-            option_string("virtio-blk-pci", drive=drive, serial=self.serial),
-        ]
+        return virtio_disk_args(
+            ctx.id_for(self, "disk"),
+            self.image,
+            self.format,
+            serial=self.serial,
+            readonly=True if self.read_only else None,
+            # QEMU writes to a temporary qcow2 overlay (in $TMPDIR) backed by the image.
+            snapshot=None if self.read_only or self.persistent else True,
+        )
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
         # The guest learns the disk's size when it probes it, before the snapshot; only

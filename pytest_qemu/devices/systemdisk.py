@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext
-from pytest_qemu.devices.options import option_string
+from pytest_qemu.devices.virtio_blk import virtio_disk_args
 
 
 class SystemDisk(Device):
@@ -30,22 +30,15 @@ class SystemDisk(Device):
         return self.persistent
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
-        drive = ctx.id_for(self, "system")
-        return [
-            "-drive",
-            option_string(
-                "if=none",
-                id=drive,
-                format=self.format,
-                # A writeback cache: the overlay is thrown away with the VM anyway.
-                cache="unsafe" if not self.persistent else None,
-                **{"file.driver": "file", "file.filename": str(self.file)},
-            ),
-            # No bootindex: it would clash with -kernel's boot ROM, and the firmware boots
-            # the only disk anyway.
-            "-device",
-            option_string("virtio-blk-pci", drive=drive),
-        ]
+        # No bootindex: it would clash with -kernel's boot ROM, and the firmware boots
+        # the only disk anyway.
+        return virtio_disk_args(
+            ctx.id_for(self, "system"),
+            self.file,
+            self.format,
+            # A writeback cache: the overlay is thrown away with the VM anyway.
+            cache="unsafe" if not self.persistent else None,
+        )
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
         # A persistent disk changes under the template: such VMs always boot.
