@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qemu.platforms.foreign import packages_dir
 from tests.helpers import running_qemu_pids
 
 pytestmark = pytest.mark.vm
@@ -188,30 +189,72 @@ def test_keep_failed_waits_for_enter_and_then_ends_the_vms(
     assert qemu_pids() == set()
 
 
+#: Where the set-up script put foreign packages, read before pytester moves HOME.
+_FOREIGN_PACKAGES = packages_dir("arm64").parent
+
+
+def _shell_session(
+    arguments: list[str], cwd: Path, command: Callable[[str], str], answer: str
+) -> None:
+    """Run ``python -m pytest_qemu shell *arguments*`` on a terminal, type into the guest's
+    shell the command that *command* makes of what the terminal showed so far, wait for
+    *answer* (a regex), and leave with Ctrl-]."""
+    pid, master = _run_in_pty([sys.executable, "-m", "pytest_qemu", "shell", *arguments], cwd)
+    seen: list[bytes] = []
+    try:
+        text = _read_until(master, r"Ctrl-\] leaves", 180, seen)
+        # busybox's shell asks where the cursor is: answer as a terminal would. The host's
+        # shell just prompts.
+        prompt = _read_until(master, r"\x1b\[6n|[#$] $", 60, seen)
+        if prompt.endswith("\x1b[6n"):
+            os.write(master, b"\x1b[1;1R")
+            time.sleep(0.5)
+        os.write(master, f"{command(text)}\r".encode())
+        _read_until(master, answer, 60, seen)
+        os.write(master, b"\x1d")
+        assert _wait(pid, 30) == 0
+    finally:
+        os.close(master)
+
+
 def test_the_shell_command_gives_an_interactive_shell(
     pytester: pytest.Pytester, isolated_state: Path
 ) -> None:
     share = pytester.path / "share"
     share.mkdir()
     (share / "note.txt").write_text("from the host")
-    pid, master = _run_in_pty(
-        [sys.executable, "-m", "pytest_qemu", "shell", "--share", str(share)], pytester.path
-    )
-    seen: list[bytes] = []
-    try:
-        text = _read_until(master, r"Ctrl-\] leaves", 120, seen)
+
+    def command(text: str) -> str:
         guest_path = re.search(r"is at (\S+) in the guest", text)
         assert guest_path, text
-        # Answer the shell's cursor-position query, as a terminal would, then wait for it.
-        _read_until(master, re.escape("\x1b[6n"), 60, seen)
-        os.write(master, b"\x1b[1;1R")
-        time.sleep(0.5)
-        os.write(
-            master, f"cat {guest_path.group(1)}/note.txt; echo; echo sum-$((40 + 2))\r".encode()
-        )
-        _read_until(master, r"from the host\s+sum-42", 60, seen)
-        os.write(master, b"\x1d")
-        assert _wait(pid, 30) == 0
-    finally:
-        os.close(master)
+        return f"cat {guest_path.group(1)}/note.txt; echo; echo sum-$((40 + 2))"
+
+    _shell_session(["--share", str(share)], pytester.path, command, r"from the host\s+sum-42")
     assert running_qemu_pids(str(share).encode()) == set(), "the shell's VM outlived it"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "command", "answer"),
+    [
+        (["--arch", "aarch64"], "uname -m", r"\baarch64\s"),
+        # The shell runs in the host's root, as the host userland's commands do.
+        (["--userland", "host"], "python3 -c 'print(6 * 7)'", r"\b42\s"),
+    ],
+    ids=["arch", "userland"],
+)
+def test_the_shell_command_boots_other_guests(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolated_state: Path,
+    arguments: list[str], command: str, answer: str,
+) -> None:  # fmt: skip
+    # pytester's HOME has no cache: the set-up script's arm64 packages are in the real one.
+    monkeypatch.setenv("PYTEST_QEMU_FOREIGN_PACKAGES", str(_FOREIGN_PACKAGES))
+    _shell_session(arguments, pytester.path, lambda _text: command, answer)
+
+
+def test_the_shell_command_reports_a_missing_image_plainly(pytester: pytest.Pytester) -> None:
+    result = pytester.run(
+        sys.executable, "-m", "pytest_qemu", "shell", "--image", "no-such.qcow2", timeout=120
+    )
+    assert result.ret == 1
+    result.stderr.fnmatch_lines(["pytest-qemu: *no-such.qcow2*"])
+    assert "Traceback" not in result.stderr.str()
