@@ -70,6 +70,7 @@ class VMPool:
         with self._lock:
             queue = self._futures.get(key)
             future = queue.popleft() if queue else None
+        waited = time.monotonic()
         vm = future.result() if future is not None else None
         if vm is not None and not vm.is_running():
             vm.kill()
@@ -78,10 +79,10 @@ class VMPool:
             with self._lock:
                 self.misses += 1
             return None
-        waited = time.monotonic()
         vm.move_logs(log_dir)
         vm.transcript.add(
-            f"handed to the test from the VMs prepared ahead ({time.monotonic() - waited:.3f} s)"
+            "handed to the test from the VMs prepared ahead, after waiting "
+            f"{time.monotonic() - waited:.3f} s for it"
         )
         with self._lock:
             self.hits += 1
