@@ -41,6 +41,8 @@ _REPLY_GRACE = 10.0
 _LOGIN_PROMPT = re.compile(rb"login:[ \t]*\Z")
 #: How long a prompt must stay the last thing on the console to count as one.
 _PROMPT_SETTLE = 0.5
+#: A console that shows nothing for this long is typed at all the same.
+_SILENT_CONSOLE_GRACE = 5.0
 _PASSWORD_PROMPT = re.compile(rb"[Pp]assword:\s*$", re.M)
 _CURSOR_QUERY = b"\x1b[6n"
 #: Where the guest keeps a command's input and output while it runs.
@@ -85,7 +87,11 @@ class ConsoleChannel(CommandChannel):
         marker = f"PQ_READY_{nonce}_42".encode()
         probe = f"echo PQ_READY_{nonce}_$((40 + 2))\n".encode()
         logged_in = False
-        next_probe = time.monotonic()
+        # A booting guest is not typed at until its console has shown something and gone
+        # quiet: bytes that reach aarch64's PL011 while the kernel brings the port up can
+        # wedge its input for good (seen here with another VM booting beside it).
+        began = next_probe = time.monotonic()
+        probed = False
         while True:
             now = time.monotonic()
             if marker in self._buffer:
@@ -113,8 +119,14 @@ class ConsoleChannel(CommandChannel):
                 self._send(f"{self.credentials[1]}\n".encode())
                 logged_in = True
                 next_probe = time.monotonic() + 0.5
-            if now >= next_probe:
+            if now >= next_probe and (
+                resumed
+                or probed
+                or (self._buffer and now - self._last_output >= _PROMPT_SETTLE)
+                or now - began >= _SILENT_CONSOLE_GRACE
+            ):
                 self._send(probe)
+                probed = True
                 next_probe = now + _PROBE_INTERVAL
             self._receive(min(deadline, next_probe) - time.monotonic())
         self._buffer.clear()

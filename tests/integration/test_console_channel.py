@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,13 +22,6 @@ from pytest_qemu.platforms import get_platform
 from pytest_qemu.plugin.session import QemuSession
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def arch() -> str:
-    # On aarch64 the default guest's console shell did not answer the probe when another
-    # VM booted at the same time (it did alone): not understood yet, so x86-64 only.
-    return "x86_64"
 
 
 class _ConsoleGuest(DefaultGuest):
@@ -128,3 +122,38 @@ class _LoginGuest(DefaultGuest):
 
     def channel(self, socket_dir: Path) -> CommandChannel:
         return ConsoleChannel(socket_dir, credentials=("root", self._password))
+
+
+def test_the_console_comes_up_while_another_vm_boots(
+    request: pytest.FixtureRequest, tmp_path: Path, arch: str
+) -> None:
+    # Typing at aarch64's console while its kernel brought the port up wedged its input
+    # for good; another VM booting beside it made that timing likely.
+    session = QemuSession.of(request.config)
+    guest = _ConsoleGuest(BuildCache(session.cache_dir), platform=get_platform(arch))
+    boot = guest.boot_files([])
+    spec = MachineSpec(
+        kernel=boot.kernel,
+        initramfs=boot.initramfs,
+        kernel_args=boot.kernel_args,
+        platform=guest.platform,
+        accelerator=session.accelerator(guest.platform).accelerator,
+    )
+    neighbour_guest = DefaultGuest(BuildCache(session.cache_dir))
+    neighbour_spec = MachineSpec(
+        kernel=neighbour_guest.kernel_image(),
+        initramfs=neighbour_guest.initramfs([]),
+        kernel_args=neighbour_guest.boot_files([]).kernel_args,
+        accelerator=session.accelerator(neighbour_guest.platform).accelerator,
+    )
+    neighbour = VM(neighbour_spec, log_dir=tmp_path / "neighbour")
+    # Both boot at once: the neighbour's start runs in a thread.
+    booting = threading.Thread(target=neighbour.start)
+    booting.start()
+    try:
+        with VM(spec, log_dir=tmp_path / "console", guest=guest, boot_timeout=60) as vm:
+            assert vm.check("echo up") == "up\n"
+    finally:
+        booting.join()
+        neighbour.kill()
+    assert neighbour.boot_seconds is not None  # it did boot, beside the console VM
