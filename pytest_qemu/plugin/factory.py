@@ -183,6 +183,7 @@ class VMFactory:
         pool = self._pool if poolable else None
         key = (repr(spec), type(guest).__name__, guest.snapshot_key_parts, timeout)
         vm = pool.take(key, log_dir) if pool is not None else None
+        taken = vm is not None
         if vm is not None:
             with self._lock:
                 self.vms.append(vm)
@@ -191,7 +192,7 @@ class VMFactory:
                 vm = new_vm(log_dir)
                 self.vms.append(vm)
             vm.start()
-        self._session.stats.record(vm)
+        self._session.stats.record(vm, prepared_ahead=taken)
         if pool is not None and self.prepare_next:
             pool.prepare(key, lambda directory: new_vm(directory).start())
         return vm

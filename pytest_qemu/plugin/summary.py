@@ -11,18 +11,24 @@ if TYPE_CHECKING:
 
 
 class RunStats:
-    """How the run's VMs started: cloned or booted, how fast, and templates built."""
+    """How the run's VMs started: cloned or booted, how fast, templates built, and how
+    many were prepared ahead."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: One (cloned, seconds to ready, built a template) per VM start.
-        self.starts: list[tuple[bool, float, bool]] = []
+        #: One (cloned, seconds to ready, built a template, prepared ahead) per VM start.
+        self.starts: list[tuple[bool, float, bool, bool]] = []
 
-    def record(self, vm: VM) -> None:
-        """Count *vm*, just started."""
+    def record(self, vm: VM, prepared_ahead: bool = False) -> None:
+        """Count *vm*, just started (or taken from the VMs *prepared_ahead*)."""
         with self._lock:
             self.starts.append(
-                (vm.restored_from is not None, vm.boot_seconds or 0.0, vm.built_template)
+                (
+                    vm.restored_from is not None,
+                    vm.boot_seconds or 0.0,
+                    vm.built_template,
+                    prepared_ahead,
+                )
             )
 
     def as_data(self) -> list[list[Any]]:
@@ -33,17 +39,19 @@ class RunStats:
     def merge(self, data: list[list[Any]]) -> None:
         """Add a worker's figures."""
         with self._lock:
-            self.starts += [(bool(a), float(b), bool(c)) for a, b, c in data]
+            self.starts += [(bool(a), float(b), bool(c), bool(d)) for a, b, c, d in data]
 
     def lines(self) -> list[str]:
         """The summary, or nothing if no VM started."""
         if not self.starts:
             return []
-        times = sorted(seconds for _, seconds, _ in self.starts)
-        cloned = sum(1 for was_cloned, _, _ in self.starts if was_cloned)
-        built = sum(1 for _, _, did_build in self.starts if did_build)
+        times = sorted(start[1] for start in self.starts)
+        cloned = sum(1 for start in self.starts if start[0])
+        built = sum(1 for start in self.starts if start[2])
+        prepared = sum(1 for start in self.starts if start[3])
         return [
             f"{len(self.starts)} VMs started: {cloned} cloned from a template, "
-            f"{len(self.starts) - cloned} booted; {built} template(s) built",
+            f"{len(self.starts) - cloned} booted; {built} template(s) built"
+            + (f"; {prepared} prepared ahead while earlier tests ran" if prepared else ""),
             f"ready after {statistics.median(times):.3f} s (median), {times[-1]:.3f} s (slowest)",
         ]

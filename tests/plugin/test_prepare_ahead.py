@@ -53,6 +53,9 @@ def test_prepared_vms_are_fresh_and_nothing_is_left(
     assert 1 <= prepared.count(False) <= (1 if not workers else 2), prepared
     assert qemu_pids() == set()
     assert not list(basetemp.rglob("qemu-prepared*"))
+    result.stdout.fnmatch_lines(
+        [f"4 VMs started: *; {prepared.count(True)} prepared ahead while earlier tests ran"]
+    )
 
 
 @pytest.mark.parametrize(
