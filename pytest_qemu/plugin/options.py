@@ -59,7 +59,8 @@ _OPTIONS = (
     (
         "prepare-ahead",
         "how many VMs to start ahead, while tests run, for the next tests that use qemu_vm: "
-        "a number, off, or auto (the CPUs pytest's processes leave free: none under -n auto)",
+        "a number, off, or auto (the CPUs pytest's processes leave free, at most 4: none under "
+        "-n auto)",
         "auto",
     ),
     (

@@ -124,6 +124,10 @@ class QemuSession:
         return SnapshotStore(self.cache_dir / "snapshots")
 
 
+#: What ``auto`` prepares at most per process: more only holds memory on a big machine.
+_MOST_PREPARED_AHEAD = 4
+
+
 def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
     """How many VMs each pytest process prepares ahead."""
     if setting == "off":
@@ -136,7 +140,7 @@ def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
     worker_input = getattr(config, "workerinput", None)
     processes = int(worker_input.get("workercount", 1)) if worker_input else 1
     cpus = len(os.sched_getaffinity(0))
-    return cpus // processes if cpus > processes else 0
+    return min(_MOST_PREPARED_AHEAD, cpus // processes) if cpus > processes else 0
 
 
 def settings(config: pytest.Config) -> QemuSettings:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from pytest_qemu.plugin.session import _prepare_ahead_depth
 from pytest_qemu.vm.pool import VMPool
 
 
@@ -118,3 +121,23 @@ def test_a_closed_pool_prepares_nothing(tmp_path: Path) -> None:
     assert pool.take("default", tmp_path / "a") is None
     with pytest.raises(ValueError, match="at least one"):
         VMPool(tmp_path / "other", depth=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "cpus", "workers", "depth"),
+    [
+        ("auto", 2, None, 2),  # without xdist: both cores prepare while pytest waits
+        ("auto", 2, 2, 0),  # -n 2 on 2 cores: no CPU is free
+        ("auto", 8, 2, 4),
+        ("auto", 64, None, 4),  # at most 4: more would only hold memory
+        ("auto", 1, None, 0),
+        ("off", 8, None, 0),
+        ("3", 1, 2, 3),  # a number is taken as it is
+    ],
+)
+def test_how_many_vms_are_prepared_ahead(
+    monkeypatch: pytest.MonkeyPatch, setting: str, cpus: int, workers: int | None, depth: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    config = SimpleNamespace(workerinput={"workercount": workers} if workers else None)
+    assert _prepare_ahead_depth(setting, config) == depth  # type: ignore[arg-type]
