@@ -31,20 +31,25 @@ class _ConsoleGuest(DefaultGuest):
         return ConsoleChannel(socket_dir)
 
 
-@pytest.fixture(scope="module")
-def console_vm(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, arch: str
-) -> Iterator[VM]:
-    session = QemuSession.of(request.config)
-    guest = _ConsoleGuest(BuildCache(session.cache_dir), platform=get_platform(arch))
+def _machine(session: QemuSession, guest: DefaultGuest) -> MachineSpec:
+    """The machine of *guest*'s VMs, with nothing else."""
     boot = guest.boot_files([])
-    spec = MachineSpec(
+    return MachineSpec(
         kernel=boot.kernel,
         initramfs=boot.initramfs,
         kernel_args=boot.kernel_args,
         platform=guest.platform,
         accelerator=session.accelerator(guest.platform).accelerator,
     )
+
+
+@pytest.fixture(scope="module")
+def console_vm(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, arch: str
+) -> Iterator[VM]:
+    session = QemuSession.of(request.config)
+    guest = _ConsoleGuest(BuildCache(session.cache_dir), platform=get_platform(arch))
+    spec = _machine(session, guest)
     with VM(spec, log_dir=tmp_path_factory.mktemp("console"), guest=guest) as vm:
         yield vm
 
@@ -83,14 +88,7 @@ def test_a_login_prompt_is_answered_with_the_credentials(
 ) -> None:
     session = QemuSession.of(request.config)
     guest = _LoginGuest(BuildCache(session.cache_dir), tmp_path, "tester-s3cret")
-    boot = guest.boot_files([])
-    spec = MachineSpec(
-        kernel=boot.kernel,
-        initramfs=boot.initramfs,
-        kernel_args=boot.kernel_args,
-        accelerator=session.accelerator(guest.platform).accelerator,
-    )
-    with VM(spec, log_dir=tmp_path / "vm", guest=guest) as vm:
+    with VM(_machine(session, guest), log_dir=tmp_path / "vm", guest=guest) as vm:
         assert vm.check("id -un") == "root\n"
     assert "login:" in vm.console.text()
 
@@ -131,22 +129,9 @@ def test_the_console_comes_up_while_another_vm_boots(
     # for good; another VM booting beside it made that timing likely.
     session = QemuSession.of(request.config)
     guest = _ConsoleGuest(BuildCache(session.cache_dir), platform=get_platform(arch))
-    boot = guest.boot_files([])
-    spec = MachineSpec(
-        kernel=boot.kernel,
-        initramfs=boot.initramfs,
-        kernel_args=boot.kernel_args,
-        platform=guest.platform,
-        accelerator=session.accelerator(guest.platform).accelerator,
-    )
+    spec = _machine(session, guest)
     neighbour_guest = DefaultGuest(BuildCache(session.cache_dir))
-    neighbour_spec = MachineSpec(
-        kernel=neighbour_guest.kernel_image(),
-        initramfs=neighbour_guest.initramfs([]),
-        kernel_args=neighbour_guest.boot_files([]).kernel_args,
-        accelerator=session.accelerator(neighbour_guest.platform).accelerator,
-    )
-    neighbour = VM(neighbour_spec, log_dir=tmp_path / "neighbour")
+    neighbour = VM(_machine(session, neighbour_guest), log_dir=tmp_path / "neighbour")
     # Both boot at once: the neighbour's start runs in a thread.
     booting = threading.Thread(target=neighbour.start)
     booting.start()
