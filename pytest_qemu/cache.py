@@ -52,16 +52,21 @@ class BuildCache:
         if target.exists():
             return target
         directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(directory / f"{key}.lock")):
-            if target.exists():
-                return target
-            # Write beside the target and rename, so nobody ever sees half a file.
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{key}.", delete=False) as out:
-                try:
-                    build(cast(BinaryIO, out))
-                except BaseException:
-                    out.close()
-                    os.unlink(out.name)
-                    raise
-            os.replace(out.name, target)
+        lock_path = directory / f"{key}.lock"
+        with FileLock(str(lock_path)):
+            if not target.exists():
+                # Write beside the target and rename, so nobody ever sees half a file.
+                with tempfile.NamedTemporaryFile(
+                    dir=directory, prefix=f".{key}.", delete=False
+                ) as out:
+                    try:
+                        build(cast(BinaryIO, out))
+                    except BaseException:
+                        out.close()
+                        os.unlink(out.name)
+                        raise
+                os.replace(out.name, target)
+            # Built: later callers find the file and never take the lock, and processes
+            # waiting on this lock file still get it. Unlinked so that locks do not pile up.
+            lock_path.unlink(missing_ok=True)
         return target

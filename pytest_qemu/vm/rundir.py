@@ -13,6 +13,18 @@ _swept = False
 _sweep_lock = threading.Lock()
 
 
+def remove_orphaned_run_directories() -> list[Path]:
+    """Remove the run directories of processes that are gone (killed before their
+    teardown); return them."""
+    removed = []
+    for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = directory.name[len(_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 def _sweep_orphans() -> None:
     """Remove directories left by processes that were killed (once per process)."""
     global _swept
@@ -20,10 +32,7 @@ def _sweep_orphans() -> None:
         if _swept:
             return
         _swept = True
-    for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
-        owner = directory.name[len(_PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(directory, ignore_errors=True)
+    remove_orphaned_run_directories()
 
 
 def make_run_directory() -> Path:

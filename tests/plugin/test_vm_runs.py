@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from pytest_qemu.vm.rundir import remove_orphaned_run_directories
 from tests.helpers import recorded_leases
 
 pytestmark = pytest.mark.vm
@@ -127,6 +129,12 @@ def test_killing_pytest_kills_its_vms(pytester: pytest.Pytester, isolated_state:
         while Path(f"/proc/{pids['qemu']}").exists() and not _is_zombie(pids["qemu"]):
             assert time.monotonic() < deadline, "QEMU outlived the pytest process that started it"
             time.sleep(0.1)
+        # The killed run's socket directory is left; the next VM start on the host (here,
+        # the sweep it runs) removes it.
+        left = set(Path(tempfile.gettempdir()).glob(f"pytest-qemu-vm-{pids['pytest']}-*"))
+        assert left, "the killed run left no socket directory: the check below tests nothing"
+        assert left <= set(remove_orphaned_run_directories())
+        assert not any(path.exists() for path in left)
     finally:
         if process.poll() is None:
             process.kill()
