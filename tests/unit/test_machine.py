@@ -70,3 +70,18 @@ def test_ctrl_c_during_a_snapshot_save_leaves_no_partial_file(tmp_path: Path) ->
         assert not snapshot.exists()
     finally:
         vm.kill()
+
+
+def test_only_run_directories_of_gone_processes_are_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = 2**22 + 1  # above any pid_max: no such process
+    dead = tmp_path / f"pytest-qemu-vm-{gone}-abc"
+    alive = tmp_path / f"pytest-qemu-vm-{os.getpid()}-def"
+    unrelated = tmp_path / "pytest-qemu-vm-notapid-x"
+    for directory in (dead, alive, unrelated):
+        directory.mkdir()
+        (directory / "qmp.sock").touch()
+    assert rundir.remove_orphaned_run_directories() == [dead]
+    assert not dead.exists() and alive.exists() and unrelated.exists()
