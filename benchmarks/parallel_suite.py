@@ -144,8 +144,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--pytest-args",
-        default="",
-        help="more arguments for every pytest run, e.g. '--qemu-memory=512' (default none)",
+        # VMs prepared ahead would let -n 0 use the second core too: this compares xdist.
+        default="--qemu-prepare-ahead=off",
+        help="more arguments for every pytest run, e.g. '--qemu-memory=512' "
+        "(default --qemu-prepare-ahead=off)",
     )
     args = parser.parse_args()
     if args.tests < 1:
