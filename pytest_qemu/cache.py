@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 
 def default_cache_dir() -> Path:
@@ -39,6 +40,29 @@ def cache_key(parts: Iterable[str | bytes]) -> str:
     return digest.hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the file lock at *path* while building what it guards; remove the lock file
+    before letting go, so that locks do not pile up in the cache.
+
+    Builders check for their result after taking the lock: a process still waiting on
+    the removed file then finds the result (or, after a failure, builds again, at worst
+    beside one that took a new lock file). *on_wait* is called if another holds it.
+    """
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.release()
+
+
 class BuildCache:
     """Files built once per key; other processes wait for the builder and reuse its file."""
 
@@ -52,8 +76,7 @@ class BuildCache:
         if target.exists():
             return target
         directory.mkdir(parents=True, exist_ok=True)
-        lock_path = directory / f"{key}.lock"
-        with FileLock(str(lock_path)):
+        with build_lock(directory / f"{key}.lock"):
             if not target.exists():
                 # Write beside the target and rename, so nobody ever sees half a file.
                 with tempfile.NamedTemporaryFile(
@@ -66,7 +89,4 @@ class BuildCache:
                         os.unlink(out.name)
                         raise
                 os.replace(out.name, target)
-            # Built: later callers find the file and never take the lock, and processes
-            # waiting on this lock file still get it. Unlinked so that locks do not pile up.
-            lock_path.unlink(missing_ok=True)
         return target

@@ -33,9 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
-from pytest_qemu.cache import cache_key, default_cache_dir
+from pytest_qemu.cache import build_lock, cache_key, default_cache_dir
 from pytest_qemu.errors import SetupError
 
 logger = logging.getLogger(__name__)
@@ -165,13 +163,12 @@ def build_debian_image(
     if (final / _MANIFEST).exists():
         return _load(final)
     images.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(images / f"{final.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        logger.info("waiting for another process to build the Debian image %s", final)
-        lock.acquire()
-    try:
+    with build_lock(
+        images / f"{final.name}.lock",
+        on_wait=lambda: logger.info(
+            "waiting for another process to build the Debian image %s", final
+        ),
+    ):
         if (final / _MANIFEST).exists():
             return _load(final)
         _check_tools(cache_dir)
@@ -184,8 +181,6 @@ def build_debian_image(
             os.rename(work / "out", final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    finally:
-        lock.release()
     return _load(final)
 
 

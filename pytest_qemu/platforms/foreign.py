@@ -14,9 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from filelock import FileLock
-
-from pytest_qemu.cache import cache_key, file_fingerprint
+from pytest_qemu.cache import build_lock, cache_key, file_fingerprint
 from pytest_qemu.errors import SetupError
 
 #: Bump when the unpacked layout changes.
@@ -66,7 +64,7 @@ def unpacked_root(cache_dir: Path, debian_arch: str, kernel_package: str) -> Pat
     if (root / ".complete").exists():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
+    with build_lock(Path(f"{root}.lock")):
         if (root / ".complete").exists():
             return root
         partial = Path(tempfile.mkdtemp(dir=root.parent, prefix=".unpacking-"))

@@ -19,9 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
-from pytest_qemu.cache import cache_key, file_fingerprint
+from pytest_qemu.cache import build_lock, cache_key, file_fingerprint
 from pytest_qemu.vm.argv import MachineSpec
 
 _FORMAT_VERSION = "3"
@@ -72,13 +70,8 @@ class Snapshot:
     @contextlib.contextmanager
     def building(self) -> Iterator[None]:
         """Held by the one process that builds this snapshot; the others wait for it."""
-        lock = FileLock(str(self.lock_path))
-        with lock:
+        with build_lock(self.lock_path):
             yield
-            if self.state.is_file():
-                # Built: later VMs find the state and never take the lock, and processes
-                # waiting on this file's lock still get it. Unlinked so locks do not pile up.
-                self.lock_path.unlink(missing_ok=True)
 
     def partial_path(self) -> Path:
         """Where this process writes the state before publishing it."""
