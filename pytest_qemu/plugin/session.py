@@ -44,6 +44,7 @@ class QemuSession:
         self.stats = RunStats()
         self._accelerators: dict[str, AcceleratorChoice] = {}
         self._pool: VMPool | None = None
+        self._pool_decided = False
 
     @classmethod
     def of(cls, config: pytest.Config) -> QemuSession:
@@ -94,18 +95,16 @@ class QemuSession:
     def pool(self, config: pytest.Config) -> VMPool | None:
         """Where VMs are prepared ahead of the tests that take them; None when
         ``--qemu-prepare-ahead`` is off, or auto and no CPU would be free for it."""
-        depth = _prepare_ahead_depth(self.settings.prepare_ahead, config)
-        if depth == 0:
-            return None
         with self._lock:
-            if self._pool is None:
+            if not self._pool_decided:
+                self._pool_decided = True
+                depth = _prepare_ahead_depth(self.settings.prepare_ahead, config)
                 temporary = getattr(config, "_tmp_path_factory", None)
-                if temporary is None:
-                    return None
-                from pytest_qemu.vm.pool import VMPool
+                if depth > 0 and temporary is not None:
+                    from pytest_qemu.vm.pool import VMPool
 
-                # Beside the tests' own directories: a VM's logs move there when taken.
-                self._pool = VMPool(temporary.getbasetemp() / "qemu-prepared", depth)
+                    # Beside the tests' own directories: a VM's logs move there when taken.
+                    self._pool = VMPool(temporary.getbasetemp() / "qemu-prepared", depth)
             return self._pool
 
     def close(self) -> None:
@@ -135,8 +134,8 @@ def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
     if setting != "auto":
         return int(setting)
     # Prepared VMs start beside the tests' own, and only help on CPUs left free: with
-    # -n 2 on two cores they slowed a suite down; without xdist, two prepared at once
-    # kept both cores busy while pytest waited (benchmarks/boot_times.py, step 6c).
+    # -n 2 on two cores they did not help (6d); without xdist, two prepared at once kept
+    # both cores busy while pytest waited (benchmarks/boot_times.py, step 6c).
     worker_input = getattr(config, "workerinput", None)
     processes = int(worker_input.get("workercount", 1)) if worker_input else 1
     cpus = len(os.sched_getaffinity(0))

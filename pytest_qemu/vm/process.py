@@ -54,24 +54,18 @@ def spawn(
         # setpriv would report it only on its stderr, with exit status 127.
         raise FileNotFoundError(2, "No such file or directory", argv[0])
 
+    # With setpriv, no preexec_fn: see _SETPRIV. Without it, prctl in the forked child.
+    command = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else list(argv)
+
     def start() -> subprocess.Popen[bytes]:
-        if _SETPRIV is not None:
-            return subprocess.Popen(
-                [_SETPRIV, "--pdeathsig", "KILL", "--", *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=env,
-                pass_fds=tuple(pass_fds),
-            )
         return subprocess.Popen(
-            list(argv),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
             pass_fds=tuple(pass_fds),
-            preexec_fn=lambda: _die_with_parent(parent_pid),
+            preexec_fn=None if _SETPRIV else lambda: _die_with_parent(parent_pid),
         )
 
     return _spawner.submit(start).result()
