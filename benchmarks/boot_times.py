@@ -24,7 +24,8 @@ from pathlib import Path
 from parallel_suite import SUITE, run_suite  # benchmarks/ is on sys.path when run as a script
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
-from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS, DefaultGuest
+from pytest_qemu.guests.default import DefaultGuest, default_kernel_args
+from pytest_qemu.platforms import get_platform
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
 from pytest_qemu.vm.snapshot import SnapshotStore
@@ -72,7 +73,7 @@ def raw_argv(kernel: Path, initramfs: Path, fast: bool) -> list[str]:
     ]
     common += ["-kernel", str(kernel), "-initrd", str(initramfs), "-no-reboot"]
     lean = ["-machine", "pc", "-nodefaults", "-no-user-config"] if fast else ["-machine", "pc"]
-    return [*common, *lean, "-append", " ".join(DEFAULT_KERNEL_ARGS)]
+    return [*common, *lean, "-append", " ".join(default_kernel_args(get_platform()))]
 
 
 def measure(label: str, repeat: int, sample: Callable[[], float]) -> list[float]:
@@ -90,7 +91,9 @@ def summary(values: list[float]) -> str:
 
 def start_vm(guest: DefaultGuest, log_root: Path, snapshots: SnapshotStore | None) -> VM:
     spec = MachineSpec(
-        kernel=guest.kernel_image(), initramfs=guest.initramfs([]), kernel_args=DEFAULT_KERNEL_ARGS
+        kernel=guest.kernel_image(),
+        initramfs=guest.initramfs([]),
+        kernel_args=default_kernel_args(get_platform()),
     )
     return VM(spec, log_dir=Path(tempfile.mkdtemp(dir=log_root)), snapshots=snapshots).start()
 

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
-from pytest_qemu.guests.default import DEFAULT_KERNEL_ARGS, DefaultGuest
+from pytest_qemu.guests.default import DefaultGuest, default_kernel_args
+from pytest_qemu.platforms import get_platform
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
 
@@ -42,7 +43,9 @@ def main() -> None:
 
     guest = DefaultGuest(BuildCache(default_cache_dir()))
     spec = MachineSpec(
-        kernel=guest.kernel_image(), initramfs=guest.initramfs([]), kernel_args=DEFAULT_KERNEL_ARGS
+        kernel=guest.kernel_image(),
+        initramfs=guest.initramfs([]),
+        kernel_args=default_kernel_args(get_platform()),
     )
     with tempfile.TemporaryDirectory() as scratch, VM(spec, log_dir=Path(scratch)) as vm:
         for _ in range(20):  # warm up: TCG translates the agent's and sh's code once

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 from pytest_qemu._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from pytest_qemu.allocation import AllocationError
     from pytest_qemu.channels import CommandOutput
     from pytest_qemu.devices import (
         ArbitraryArgs,
@@ -29,15 +28,20 @@ if TYPE_CHECKING:
     from pytest_qemu.devices.options import option_string
     from pytest_qemu.errors import (
         AgentDied,
+        AllocationError,
         BootTimeout,
         CommandFailed,
         CommandRefused,
         CommandTimeout,
         ConfigurationError,
+        ConsoleTimeout,
         GuestKernelTrouble,
+        GuestSetupError,
         GuestUnresponsive,
         QemuError,
+        QemuWarning,
         SetupError,
+        SnapshotWarning,
         TransferFailed,
         VMError,
         VMExited,
@@ -45,13 +49,11 @@ if TYPE_CHECKING:
     from pytest_qemu.platforms import Platform
     from pytest_qemu.plugin.factory import VMFactory
     from pytest_qemu.plugin.options import QemuSettings
-    from pytest_qemu.vm import VM, CommandResult, Console, ConsoleTimeout, MachineSpec
-    from pytest_qemu.vm.machine import GuestSetupError
-    from pytest_qemu.vm.snapshotting import SnapshotWarning
+    from pytest_qemu.vm import VM, CommandResult, Console, MachineSpec
 
 
 _EXPORTS = {
-    "AllocationError": "pytest_qemu.allocation",
+    "AllocationError": "pytest_qemu.errors",
     "CommandOutput": "pytest_qemu.channels",
     "ArbitraryArgs": "pytest_qemu.devices",
     "Device": "pytest_qemu.devices",
@@ -84,10 +86,11 @@ _EXPORTS = {
     "VM": "pytest_qemu.vm",
     "CommandResult": "pytest_qemu.vm",
     "Console": "pytest_qemu.vm",
-    "ConsoleTimeout": "pytest_qemu.vm",
+    "ConsoleTimeout": "pytest_qemu.errors",
     "MachineSpec": "pytest_qemu.vm",
-    "GuestSetupError": "pytest_qemu.vm.machine",
-    "SnapshotWarning": "pytest_qemu.vm.snapshotting",
+    "GuestSetupError": "pytest_qemu.errors",
+    "QemuWarning": "pytest_qemu.errors",
+    "SnapshotWarning": "pytest_qemu.errors",
 }
 
 
@@ -123,6 +126,7 @@ __all__ = [
     "Platform",
     "QemuError",
     "QemuSettings",
+    "QemuWarning",
     "ReadOnlyDirectory",
     "SetupError",
     "SnapshotWarning",

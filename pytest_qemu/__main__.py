@@ -18,6 +18,8 @@ from pathlib import Path
 
 from pytest_qemu.devices.directories import P9Directory
 from pytest_qemu.errors import QemuError
+from pytest_qemu.guests import GUEST_KINDS
+from pytest_qemu.platforms import PLATFORMS
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import QemuSession
@@ -37,10 +39,10 @@ def _shell(options: argparse.Namespace) -> int:
             for device in devices:
                 print(f"pytest-qemu: {device.directory} is at {device.guest_path} in the guest")
             print(f"pytest-qemu: {vm!r} is up; Ctrl-] leaves and ends it", flush=True)
-            # The host userland runs commands in the host's root: so does this shell.
-            first = b"\nexec chroot /host /bin/sh -l\n" if options.userland == "host" else b"\n"
+            # A guest whose commands run elsewhere (the host's root) starts the shell there.
+            first = f"\n{vm.guest.console_shell}\n" if vm.guest.console_shell else "\n"
             vm.console.close()
-            attach(vm.console.socket_path, first)
+            attach(vm.console.socket_path, first.encode())
         finally:
             factory.close()
     print()
@@ -52,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pytest_qemu", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     shell = commands.add_parser("shell", help="boot a VM and open a shell on its console")
-    shell.add_argument("--arch", help="x86_64 or aarch64 (default: the host's)")
-    shell.add_argument("--userland", choices=("busybox", "host"), default=None)
+    shell.add_argument("--arch", help=f"{PLATFORMS.help()} (default: the host's)")
+    shell.add_argument("--userland", choices=GUEST_KINDS.names(), default=None,
+                       help=GUEST_KINDS.help())  # fmt: skip
     shell.add_argument("--share", action="append", default=[], type=Path, metavar="DIR",
                        help="share a host directory over 9p (repeatable)")  # fmt: skip
     shell.add_argument("--image", type=Path, help="boot this disk image instead")

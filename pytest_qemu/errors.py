@@ -69,6 +69,35 @@ class GuestKernelTrouble(VMError):
     """
 
 
+class GuestSetupError(VMError):
+    """The guest could not apply the VM's settings (a mount or an address failed)."""
+
+
+class ConsoleTimeout(VMError):
+    """A pattern did not appear on the console in time."""
+
+
+class KernelError(SetupError):
+    """A kernel image cannot be used."""
+
+
+class KernelNotFoundError(KernelError):
+    """No usable host kernel was found."""
+
+
+class ModuleError(SetupError):
+    """A kernel module cannot be found, indexed or read."""
+
+
+class AllocationError(QemuError):
+    """A port, VM number or network id could not be leased, or the lease state is unusable.
+
+    The message names the offending value (range, path, lock) and what to do about it.
+    Invalid arguments raise :class:`ConfigurationError` instead, which is also a
+    :class:`ValueError`.
+    """
+
+
 class CommandRefused(QemuError):
     """The guest's command channel could not run a command as asked (the QEMU guest
     agent's 16 MiB output cap, say); the message says why and what to do instead."""
@@ -90,6 +119,14 @@ class CommandFailed(QemuError):
             f"guest command exited with status {returncode}: {command!r}\n"
             f"--- stdout ---\n{stdout}--- stderr ---\n{stderr}"
         )
+
+
+class QemuWarning(UserWarning):
+    """Base class of every warning pytest-qemu issues."""
+
+
+class SnapshotWarning(QemuWarning):
+    """A snapshot could not be saved or restored; the VM booted instead."""
 
 
 def concise_traceback(function: Callable[P, R]) -> Callable[P, R]:

@@ -12,6 +12,10 @@ import itertools
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_qemu.platforms.base import Platform
 
 
 class DeviceContext:
@@ -20,9 +24,12 @@ class DeviceContext:
     It hands out QEMU ids that are unique within the VM and stable per device,
     so a device asked twice (for its QEMU and its kernel arguments) names the
     same objects both times, and two FAT directories in one VM never clash.
+    It knows the VM's *platform* (None: the host's), which says how devices
+    attach (:meth:`virtio_device`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, platform: Platform | None = None) -> None:
+        self._platform = platform
         self._indexes: dict[tuple[int, str], int] = {}
         self._counters: dict[str, Iterator[int]] = {}
         self._keep_alive: list[object] = []
@@ -36,6 +43,19 @@ class DeviceContext:
             # id() is only unique among live objects: keep the device alive with its index.
             self._keep_alive.append(device)
         return self._indexes[key]
+
+    @property
+    def platform(self) -> Platform:
+        """The VM's architecture."""
+        if self._platform is None:
+            from pytest_qemu.platforms import get_platform
+
+            self._platform = get_platform()
+        return self._platform
+
+    def virtio_device(self, kind: str) -> str:
+        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``...) on this platform."""
+        return self.platform.virtio_device(kind)
 
     def id_for(self, device: object, prefix: str) -> str:
         """The QEMU id of *device*'s object of kind *prefix*: ``fs0``, ``net1``..."""
@@ -52,9 +72,11 @@ class Device(abc.ABC):
 
     guest_modules: tuple[str, ...] = ()
 
-    #: Whether the host keeps what the guest writes to this device once the VM ends
-    #: (a persistent disk), so that the guest must flush its caches before it stops.
-    keeps_guest_writes: bool = False
+    @property
+    def keeps_guest_writes(self) -> bool:
+        """Whether the host keeps what the guest writes to this device once the VM ends
+        (a persistent disk), so that the guest must flush its caches before it stops."""
+        return False
 
     @abc.abstractmethod
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
@@ -88,9 +110,9 @@ class Device(abc.ABC):
         wrote to), which a VM template built with this device must keep; None if none."""
         return None
 
-    def use_template_file(self, frozen: Path, overlay: Path) -> None:  # noqa: B027
-        """Make a clone use *overlay*, a new overlay over a template's *frozen* copy of
-        :meth:`template_file`."""
+    def use_template_file(self, overlay: Path) -> None:  # noqa: B027
+        """Make a clone use *overlay*, a new overlay over a template's frozen copy of
+        :meth:`template_file` (or, when a clone fails, the original file again)."""
 
     def release(self) -> None:  # noqa: B027 - optional hook, most devices hold nothing
         """Give back what was allocated for the VM (ports, numbers); called at VM teardown."""

@@ -120,7 +120,7 @@ class P9Directory(Device):
     directories the host and the guest both work in.
     """
 
-    guest_modules = ("virtio_pci", "9p", "9pnet_virtio")
+    guest_modules = ("9p", "9pnet_virtio")
 
     def __init__(
         self,
@@ -161,7 +161,7 @@ class P9Directory(Device):
                 readonly=True if self.read_only else None,
             ),
             "-device",
-            option_string("virtio-9p-pci", fsdev=fsdev, mount_tag=self.mount_tag(ctx)),
+            option_string(ctx.virtio_device("9p"), fsdev=fsdev, mount_tag=self.mount_tag(ctx)),
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
@@ -200,7 +200,7 @@ class ReadOnlyDirectory(Device):
     also out of the directory.
     """
 
-    guest_modules = ("virtio_pci", "virtio_blk", "vfat")
+    guest_modules = ("virtio_blk", "vfat")
 
     def __init__(
         self,
@@ -234,7 +234,7 @@ class ReadOnlyDirectory(Device):
                 "if=none", id=drive, driver="vvfat", dir=str(self.directory), readonly=True
             ),
             "-device",
-            option_string("virtio-blk-pci", drive=drive, serial=self.name),
+            option_string(ctx.virtio_device("blk"), drive=drive, serial=self.name),
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:

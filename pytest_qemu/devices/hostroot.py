@@ -21,7 +21,7 @@ class HostRoot(Device):
     written through it.
     """
 
-    guest_modules = ("virtio_pci", "9p", "9pnet_virtio", "overlay")
+    guest_modules = ("9p", "9pnet_virtio", "overlay")
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         fsdev = ctx.id_for(self, "hostfs")
@@ -29,7 +29,7 @@ class HostRoot(Device):
             "-fsdev",
             option_string("local", id=fsdev, path="/", security_model="none", readonly=True),
             "-device",
-            option_string("virtio-9p-pci", fsdev=fsdev, mount_tag=_TAG),
+            option_string(ctx.virtio_device("9p"), fsdev=fsdev, mount_tag=_TAG),
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:

@@ -20,7 +20,7 @@ class VirtioRandom(Device):
     Guests without it can block on the kernel's entropy pool early in boot.
     """
 
-    guest_modules = ("virtio_pci", "virtio_rng")
+    guest_modules = ("virtio_rng",)
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         rng = ctx.id_for(self, "rng")
@@ -28,7 +28,7 @@ class VirtioRandom(Device):
             "-object",
             option_string("rng-random", id=rng, filename="/dev/urandom"),
             "-device",
-            option_string("virtio-rng-pci", rng=rng),
+            option_string(ctx.virtio_device("rng"), rng=rng),
         ]
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
@@ -49,7 +49,7 @@ class Disk(Device):
     ``read_only=True`` opens the image read-only, so guest writes fail.
     """
 
-    guest_modules = ("virtio_pci", "virtio_blk")
+    guest_modules = ("virtio_blk",)
 
     def __init__(
         self,
@@ -88,6 +88,7 @@ class Disk(Device):
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         return virtio_disk_args(
+            ctx,
             ctx.id_for(self, "disk"),
             self.image,
             self.format,
@@ -106,7 +107,7 @@ class Disk(Device):
         return f"disk:{self.read_only}:{self.image.stat().st_size}"
 
     @property
-    def keeps_guest_writes(self) -> bool:  # type: ignore[override]
+    def keeps_guest_writes(self) -> bool:
         return self.persistent and not self.read_only
 
     def guest_names(self, ctx: DeviceContext) -> list[tuple[str, str]]:

@@ -59,8 +59,8 @@ def _subnet_prefix(network_id: int) -> str:
     return f"10.{second_octet}.{network_id & 0xFF}"
 
 
-def _virtio_nic(netdev: str, mac: str) -> list[str]:
-    return ["-device", option_string("virtio-net-pci", netdev=netdev, mac=mac)]
+def _virtio_nic(ctx: DeviceContext, netdev: str, mac: str) -> list[str]:
+    return ["-device", option_string(ctx.virtio_device("net"), netdev=netdev, mac=mac)]
 
 
 class Network:
@@ -158,7 +158,7 @@ class NetworkInterface(Device):
     The default guest brings the interface up with :attr:`address`.
     """
 
-    guest_modules = ("virtio_pci", "virtio_net")
+    guest_modules = ("virtio_net",)
 
     def __init__(self, network: Network, address: str, vm_number: Lease) -> None:
         self.network = network
@@ -172,7 +172,7 @@ class NetworkInterface(Device):
         return [
             "-netdev",
             multicast_netdev(netdev, self.network.port),
-            *_virtio_nic(netdev, self.mac),
+            *_virtio_nic(ctx, netdev, self.mac),
         ]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
@@ -195,7 +195,7 @@ class UserNetwork(Device):
     the VM; forwarded ports still work.
     """
 
-    guest_modules = ("virtio_pci", "virtio_net")
+    guest_modules = ("virtio_net",)
     guest_address = "10.0.2.15"
     gateway = "10.0.2.2"
 
@@ -250,7 +250,7 @@ class UserNetwork(Device):
         )
         head = option_string("user", id=netdev, net="10.0.2.0/24", restrict=self.restrict)
         netdev_option = f"{head},{forwards}" if forwards else head
-        return ["-netdev", netdev_option, *_virtio_nic(netdev, self.mac)]
+        return ["-netdev", netdev_option, *_virtio_nic(ctx, netdev, self.mac)]
 
     def kernel_args(self, ctx: DeviceContext) -> list[str]:
         position = ctx.index_for(self, "net")

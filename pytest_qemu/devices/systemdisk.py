@@ -17,7 +17,7 @@ class SystemDisk(Device):
     templates: two VMs of one image and hardware share a template.
     """
 
-    guest_modules = ("virtio_pci", "virtio_blk")
+    guest_modules = ("virtio_blk",)
 
     def __init__(self, file: Path, format: str, identity: str, persistent: bool) -> None:
         self.file = file
@@ -26,13 +26,14 @@ class SystemDisk(Device):
         self.persistent = persistent
 
     @property
-    def keeps_guest_writes(self) -> bool:  # type: ignore[override]
+    def keeps_guest_writes(self) -> bool:
         return self.persistent
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         # No bootindex: it would clash with -kernel's boot ROM, and the firmware boots
         # the only disk anyway.
         return virtio_disk_args(
+            ctx,
             ctx.id_for(self, "system"),
             self.file,
             self.format,
@@ -51,8 +52,8 @@ class SystemDisk(Device):
         """The file whose content a template built with this VM must keep (its overlay)."""
         return None if self.persistent else self.file
 
-    def use_template_file(self, frozen: Path, overlay: Path) -> None:
-        """Run a clone on *overlay*, a new overlay over a template's *frozen* disk."""
+    def use_template_file(self, overlay: Path) -> None:
+        """Run a clone on *overlay*, a new overlay over a template's frozen disk."""
         self.file = overlay
 
     def __repr__(self) -> str:

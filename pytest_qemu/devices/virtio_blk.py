@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pytest_qemu.devices.base import DeviceContext
 from pytest_qemu.devices.options import option_string
 
 
 def virtio_disk_args(
+    ctx: DeviceContext,
     drive: str,
     file: Path,
     format: str,
     serial: str | None = None,
     **drive_options: str | bool | None,
 ) -> list[str]:
-    """``-drive`` (id *drive*) on *file* and the ``virtio-blk-pci`` device that shows it.
+    """``-drive`` (id *drive*) on *file* and the virtio block device that shows it.
 
     *drive_options* are further ``-drive`` options (``None`` leaves one out).
     """
@@ -29,5 +31,5 @@ def virtio_disk_args(
             **{"file.driver": "file", "file.filename": str(file)},
         ),
         "-device",
-        option_string("virtio-blk-pci", drive=drive, serial=serial),
+        option_string(ctx.virtio_device("blk"), drive=drive, serial=serial),
     ]

@@ -42,6 +42,8 @@ class Guest(abc.ABC):
 
     #: What to check when the guest does not answer within the boot timeout.
     boot_timeout_hint: str = ""
+    #: A shell command that an interactive shell on the console starts with ("": none).
+    console_shell: str = ""
 
     @property
     def debug_symbols(self) -> Path | None:

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pytest_qemu.cache import BuildCache, cache_key, file_fingerprint
-from pytest_qemu.channels.agent import AgentChannel
-from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
+from pytest_qemu.guests.agent import AgentGuest
 from pytest_qemu.guests.agent_build import build_agent
 from pytest_qemu.guests.base import BootFiles, Guest
 from pytest_qemu.guests.initramfs import (
@@ -28,8 +27,9 @@ from pytest_qemu.guests.modules import ModuleIndex
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.platforms.kernel import HostKernel, find_host_kernel
 
-#: Modules every default guest loads: the PCI transport and the agent's serial port.
-BASE_MODULES = ("virtio_pci", "virtio_console")
+#: Modules every default guest loads besides its platform's virtio transport: the agent's
+#: serial port.
+BASE_MODULES = ("virtio_console",)
 
 #: Bump when the initramfs layout changes, so old cache entries are not reused.
 _FORMAT_VERSION = "1"
@@ -45,11 +45,7 @@ def default_kernel_args(platform: Platform) -> tuple[str, ...]:
             *platform.kernel_args)  # fmt: skip
 
 
-#: The default guest's kernel arguments on the host's architecture.
-DEFAULT_KERNEL_ARGS = default_kernel_args(get_platform())
-
-
-class DefaultGuest(Guest):
+class DefaultGuest(AgentGuest):
     """The default guest, built once and kept in a :class:`BuildCache`.
 
     The kernel is the platform's newest kernel, booted in the fastest form the
@@ -63,7 +59,7 @@ class DefaultGuest(Guest):
         host_kernel: HostKernel | None = None,
         platform: Platform | None = None,
     ) -> None:
-        self.platform = platform or get_platform()
+        super().__init__(platform or get_platform())
         self._cache = cache
         self._host_kernel = host_kernel
         self._lock = threading.Lock()
@@ -97,9 +93,6 @@ class DefaultGuest(Guest):
         return BootFiles(
             self.kernel_image(), self.initramfs(modules), default_kernel_args(self.platform)
         )
-
-    def channel(self, socket_dir: Path) -> CommandChannel:
-        return AgentChannel(socket_dir)
 
     def kernel_image(self) -> Path:
         """The kernel to boot: the platform's faster form if it has one, else the image."""
@@ -135,7 +128,13 @@ class DefaultGuest(Guest):
         with self._lock:
             if wanted in self._initramfs_paths:
                 return self._initramfs_paths[wanted]
-        resolved = [] if wanted is None else self._module_index().resolve([*BASE_MODULES, *wanted])
+        resolved = (
+            []
+            if wanted is None
+            else self._module_index().resolve(
+                [*self.platform.virtio_modules, *BASE_MODULES, *wanted]
+            )
+        )
         busybox = find_busybox(self.platform.system_root(self._cache.root))
         agent = build_agent(self._cache, self.platform)
         key = cache_key(
@@ -165,8 +164,10 @@ class DefaultGuest(Guest):
                 self._modules = ModuleIndex(self.host_kernel.modules_dir)
             return self._modules
 
-    def __repr__(self) -> str:
-        return f"DefaultGuest(platform={self.platform.name!r})"
+
+def busybox_userland(base: DefaultGuest, writable: Sequence[Path] = ()) -> Guest:
+    """The ``busybox`` guest kind: the default guest itself."""
+    return base
 
 
 class _NothingToPrepare(Exception):

@@ -13,17 +13,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_qemu.channels.agent import AgentChannel
-from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.directories import P9Directory
 from pytest_qemu.devices.hostroot import HOST_ROOT_GUEST_PATH, HostRoot
 from pytest_qemu.errors import ConfigurationError
-from pytest_qemu.guests.base import BootFiles, Guest
+from pytest_qemu.guests.agent import AgentGuest
+from pytest_qemu.guests.base import BootFiles
 from pytest_qemu.guests.default import DefaultGuest
 
 
-class HostUserlandGuest(Guest):
+class HostUserlandGuest(AgentGuest):
     """The default guest's kernel and init, with commands run in the host's root.
 
     *writable* directories (they must exist) are shared read-write at the same
@@ -36,7 +35,7 @@ class HostUserlandGuest(Guest):
                 f"userland='host' needs the host's architecture, and {base.platform.name} "
                 "is not it: the host's programs cannot run in that guest"
             )
-        self.platform = base.platform
+        super().__init__(base.platform)
         self._base = base
         self._writable = tuple(Path(directory).absolute() for directory in writable)
 
@@ -55,8 +54,9 @@ class HostUserlandGuest(Guest):
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         return self._base.boot_files(devices)
 
-    def channel(self, socket_dir: Path) -> CommandChannel:
-        return AgentChannel(socket_dir, command_root=HOST_ROOT_GUEST_PATH)
+    command_root = HOST_ROOT_GUEST_PATH
+    #: The shell on the console runs in the host's root too.
+    console_shell = f"exec chroot {HOST_ROOT_GUEST_PATH} /bin/sh -l"
 
     @property
     def default_cwd(self) -> str:
@@ -66,6 +66,3 @@ class HostUserlandGuest(Guest):
     @property
     def snapshot_key_parts(self) -> tuple[str, ...]:
         return ("host-userland",)
-
-    def __repr__(self) -> str:
-        return f"HostUserlandGuest(platform={self.platform.name!r})"

@@ -9,13 +9,13 @@ or a shell on its serial console (``channel="console"``).
 
 from __future__ import annotations
 
-import importlib
 import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_qemu.cache import file_fingerprint
+from pytest_qemu.channels import CHANNELS, open_channel
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.systemdisk import SystemDisk
@@ -24,12 +24,12 @@ from pytest_qemu.guests.base import BootFiles, Guest
 from pytest_qemu.guests.initramfs import guest_script
 from pytest_qemu.guests.overlays import create_overlay, image_format
 from pytest_qemu.platforms import Platform
+from pytest_qemu.registry import Registry
 
-#: Each channel an image can be reached through: its module and class.
-CHANNELS = {
-    "qga": ("pytest_qemu.channels.qga", "GuestAgentChannel"),
-    "console": ("pytest_qemu.channels.console", "ConsoleChannel"),
-}
+#: The channels an image can be reached through.
+IMAGE_CHANNELS: Registry[type[CommandChannel]] = Registry(
+    "channel", [CHANNELS.entry("qga"), CHANNELS.entry("console")]
+)
 
 
 class ImageGuest(Guest):
@@ -50,11 +50,8 @@ class ImageGuest(Guest):
     ) -> None:
         if not image.is_file():
             raise ConfigurationError(f"disk image {str(image)!r}: no such file")
-        if channel not in CHANNELS:
-            raise ConfigurationError(
-                f"channel {channel!r} is not one of {sorted(CHANNELS)}: 'qga' needs "
-                "qemu-guest-agent in the image, 'console' any shell on its serial console"
-            )
+        #: What to check when the guest does not answer within the boot timeout.
+        self.boot_timeout_hint = IMAGE_CHANNELS.entry(channel).boot_timeout_hint
         if initramfs is not None and kernel is None:
             raise ConfigurationError(
                 f"initramfs {str(initramfs)!r} was given without a kernel: an image boots "
@@ -90,25 +87,8 @@ class ImageGuest(Guest):
         )
 
     def channel(self, socket_dir: Path) -> CommandChannel:
-        module_name, class_name = CHANNELS[self.channel_name]
-        channel_class = getattr(importlib.import_module(module_name), class_name)
-        channel: CommandChannel
-        if self.channel_name == "console":
-            channel = channel_class(socket_dir, credentials=self.credentials)
-        else:
-            channel = channel_class(socket_dir)
-        return channel
-
-    @property
-    def boot_timeout_hint(self) -> str:  # type: ignore[override]
-        if self.channel_name == "qga":
-            return (
-                "the image must run qemu-guest-agent (Debian: `apt-get install "
-                "qemu-guest-agent` in the image), or use channel='console'"
-            )
-        return (
-            "the image must run a shell on its serial console, logged in or behind a login "
-            "prompt that credentials=(user, password) answers; the console tail shows it"
+        return open_channel(
+            self.channel_name, socket_dir, self.platform, credentials=self.credentials
         )
 
     @property

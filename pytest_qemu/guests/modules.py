@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
-from pytest_qemu.errors import SetupError
+from pytest_qemu.errors import ModuleError
 
 __all__ = [
     "SOFT_DEPENDENCIES",
@@ -71,10 +71,6 @@ SOFT_DEPENDENCIES: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
         "virtio_scsi": ("sd_mod",),
     }
 )
-
-
-class ModuleError(SetupError):
-    """A kernel module cannot be found, indexed or read."""
 
 
 def canonical_module_name(name: str) -> str:

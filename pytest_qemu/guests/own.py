@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
-from pytest_qemu.guests.base import BootFiles, Guest
+from pytest_qemu.guests.agent import AgentGuest
+from pytest_qemu.guests.base import BootFiles
 from pytest_qemu.guests.default import DefaultGuest, default_kernel_args
 
 
-class OwnBootFilesGuest(Guest):
+class OwnBootFilesGuest(AgentGuest):
     """The default guest with your *kernel*, your *initramfs*, or both.
 
     Your kernel gets the default initramfs without modules (the platform's
@@ -20,7 +20,7 @@ class OwnBootFilesGuest(Guest):
     """
 
     def __init__(self, base: DefaultGuest, kernel: Path | None, initramfs: Path | None) -> None:
-        self.platform = base.platform
+        super().__init__(base.platform)
         self._base = base
         self.kernel = kernel
         self.initramfs = initramfs
@@ -35,9 +35,6 @@ class OwnBootFilesGuest(Guest):
             initramfs,
             default_kernel_args(self.platform),
         )
-
-    def channel(self, socket_dir: Path) -> CommandChannel:
-        return self._base.channel(socket_dir)
 
     def __repr__(self) -> str:
         return f"OwnBootFilesGuest(kernel={self.kernel!r}, initramfs={self.initramfs!r})"

@@ -1,33 +1,39 @@
-"""Guest architectures: each is a :class:`Platform` in a module of its own."""
+"""Guest architectures: each is a :class:`Platform` in a module of its own, registered in
+:data:`PLATFORMS` by its name (``uname -m`` in the guest); its aliases are its own."""
 
 from __future__ import annotations
 
-import importlib
 import platform as host
 
-from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.base import Platform
+from pytest_qemu.registry import Entry, Registry
 
-#: Module name per architecture; a new architecture is a new module and a line here.
-_MODULES = {"x86_64": "x86_64", "aarch64": "aarch64"}
-_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64"}
+#: Every architecture: a new one is a module beside this one and a line here.
+PLATFORMS: Registry[Platform] = Registry(
+    "architecture",
+    [
+        Entry("x86_64", "pytest_qemu.platforms.x86_64:PLATFORM", "64-bit PC"),
+        Entry("aarch64", "pytest_qemu.platforms.aarch64:PLATFORM", "64-bit Arm, emulated"),
+    ],
+    refusal="{what} {name!r} is not supported: use one of {names}",
+)
 
 
 def names() -> list[str]:
     """Every supported architecture name."""
-    return sorted(_MODULES)
+    return PLATFORMS.names()
 
 
 def get_platform(name: str | None = None) -> Platform:
-    """The platform called *name* (``None``: the host's architecture)."""
-    wanted = host.machine() if name is None else _ALIASES.get(name, name)
-    if wanted not in _MODULES:
-        raise ConfigurationError(
-            f"architecture {name or wanted!r} is not supported: use one of {names()}"
-        )
-    module = importlib.import_module(f"pytest_qemu.platforms.{_MODULES[wanted]}")
-    platform: Platform = module.PLATFORM
-    return platform
+    """The platform called *name* or one of its aliases (``None``: the host's architecture)."""
+    wanted = host.machine() if name is None else name
+    if wanted in PLATFORMS:
+        return PLATFORMS.load(wanted)
+    for known in PLATFORMS.names():
+        platform = PLATFORMS.load(known)
+        if wanted in platform.aliases:
+            return platform
+    raise PLATFORMS.unknown(wanted)
 
 
-__all__ = ["Platform", "get_platform", "names"]
+__all__ = ["PLATFORMS", "Platform", "get_platform", "names"]

@@ -19,11 +19,6 @@ class AArch64(Platform):
     authentication), and ``virt``'s default CPU is 32-bit, on which an arm64 kernel hangs
     silently, so the CPU is always named."""
 
-    @property
-    def can_use_kvm(self) -> bool:
-        # The accelerator probe boots an x86 boot sector: arm hosts run TCG.
-        return False
-
     def prepare_kernel(self, image: Path, destination: Path) -> bool:
         # Debian's arm64 vmlinuz is already an uncompressed Image, booted as it is; a
         # gzip-compressed one (Ubuntu's) is unpacked once.
@@ -45,4 +40,7 @@ PLATFORM = AArch64(
     kernel_package="linux-image-arm64",
     compiler="aarch64-linux-gnu-gcc",
     compiler_packages=("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
+    aliases=("arm64",),
+    # arm64's COMMAND_LINE_SIZE is 2048 with the terminating NUL.
+    command_line_limit=2047,
 )

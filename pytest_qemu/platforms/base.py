@@ -1,9 +1,11 @@
 """The :class:`Platform` interface: one CPU architecture as QEMU and the guest see it.
 
-A platform names the QEMU binary and machine, the console device, how its
-kernel image is made bootable, and where its kernel and busybox come from.
-Everything else in pytest-qemu asks the platform instead of assuming x86.
-Each architecture is one module beside this one.
+A platform names the QEMU binary, machine and CPU, the console device and the
+kernel's name for it, how virtio devices attach, how the KVM probe runs, the
+kernel command-line limit, the kernel image format and how it is made
+bootable, the compiler of the guest agent, and where its kernel and busybox
+come from. Everything else in pytest-qemu asks the platform instead of
+assuming an architecture. Each architecture is one module beside this one.
 """
 
 from __future__ import annotations
@@ -39,6 +41,39 @@ class Platform(abc.ABC):
     compiler_packages: tuple[str, ...]
     #: Kernel arguments every guest of this platform gets.
     kernel_args: tuple[str, ...] = ()
+    #: Other names users may give for it (Debian's, for one).
+    aliases: tuple[str, ...] = ()
+    #: How virtio devices attach: ``pci`` (``virtio-*-pci``), ``device`` (MMIO), ``ccw``.
+    virtio_transport: str = "pci"
+    #: The guest kernel modules of that transport.
+    virtio_modules: tuple[str, ...] = ("virtio_pci",)
+    #: The longest kernel command line its kernels take, in bytes (without the NUL).
+    command_line_limit: int = 2047
+
+    def virtio_device(self, kind: str) -> str:
+        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""
+        return f"virtio-{kind}-{self.virtio_transport}"
+
+    def console_args(self, chardev: str) -> list[str]:
+        """QEMU arguments that put the serial console :attr:`console` on *chardev*."""
+        return ["-serial", f"chardev:{chardev}"]
+
+    def kernel_memory_size(self, image: Path) -> int | None:
+        """The guest memory the kernel *image* takes as it boots (its file size, unless
+        the image format says it unpacks itself into more); None if it cannot be read."""
+        try:
+            return image.stat().st_size if image.is_file() else None
+        except OSError:
+            return None
+
+    def kvm_probe_args(self, directory: Path) -> list[str] | None:
+        """QEMU arguments (machine included) of a tiny guest that makes QEMU exit with
+        :attr:`kvm_probe_status` as soon as it runs, its files written to *directory*;
+        None if this platform has none (a kernel is then the probe)."""
+        return None
+
+    #: QEMU's exit status when the probe guest of :meth:`kvm_probe_args` ran.
+    kvm_probe_status: int = 0
 
     @property
     def is_host(self) -> bool:

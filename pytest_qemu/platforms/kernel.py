@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
-from pytest_qemu.errors import SetupError
+from pytest_qemu.errors import KernelError, KernelNotFoundError
 
 __all__ = [
     "HostKernel",
@@ -46,14 +46,6 @@ _INSTALL_HINT: Final = (
     "Install a kernel with `apt-get install linux-image-amd64` (Debian/Ubuntu: "
     "linux-image-generic), or pass --qemu-kernel PATH to use a specific kernel image."
 )
-
-
-class KernelError(SetupError):
-    """A kernel image cannot be used."""
-
-
-class KernelNotFoundError(KernelError):
-    """No usable host kernel was found."""
 
 
 @dataclass(frozen=True)

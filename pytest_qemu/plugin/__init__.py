@@ -23,7 +23,8 @@ from pytest_qemu.plugin.fixtures import (
     qemu_vm_factory,
 )
 from pytest_qemu.plugin.options import add_options
-from pytest_qemu.plugin.session import QemuSession, factories_key, next_item_key, reports_key
+from pytest_qemu.plugin.session import QemuSession
+from pytest_qemu.plugin.stash import factories_key, next_item_key, reports_key
 
 __all__ = [
     "fat_dir",

@@ -11,16 +11,16 @@ import pytest
 
 from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, concise_traceback
+from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
-from pytest_qemu.guests.host_userland import HostUserlandGuest
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
-from pytest_qemu.plugin.options import USERLAND_CHOICES
-from pytest_qemu.plugin.session import QemuSession
-from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.plugin.options import optional_str
+from pytest_qemu.plugin.session import QemuSession, pytest_basetemp
+from pytest_qemu.vm.argv import MachineSpec, check_cpus, check_devices, check_memory
 from pytest_qemu.vm.machine import VM
-from pytest_qemu.vm.pool import VMPool
 from pytest_qemu.vm.snapshot import SnapshotStore
+from pytest_qemu.vm.start.prepared import VMPool
 
 
 class VMFactory:
@@ -59,7 +59,8 @@ class VMFactory:
         self._snapshots = snapshots
         self._defaults = dict(defaults or {})
         self._lock = threading.Lock()
-        self._host_userland: dict[str, HostUserlandGuest] = {}
+        #: The guest of each kind and architecture, made once.
+        self._guests: dict[tuple[str, str], Guest] = {}
         self._started = 0
         #: The VMs started so far, in order (the fixtures report their consoles on failure).
         self.vms: list[VM] = []
@@ -71,20 +72,23 @@ class VMFactory:
         log_root: Path,
         snapshots: bool = True,
         defaults: dict[str, object] | None = None,
+        pool: VMPool | None = None,
     ) -> VMFactory:
         """A factory using *config*'s ``--qemu-*`` settings, logging under *log_root*.
 
         ``snapshots=False`` boots every VM even when the run uses snapshots.
-        Host-userland VMs share pytest's temporary directory read-write.
+        Host-userland VMs share pytest's temporary directory read-write. *pool*
+        holds VMs prepared ahead (``--qemu-prepare-ahead``).
         """
         session = QemuSession.of(config)
-        temporary = getattr(config, "_tmp_path_factory", None)
+        basetemp = pytest_basetemp(config)
         return cls(
             session,
             log_root,
             session.snapshot_store() if snapshots else None,
             defaults,
-            shared_directories=[temporary.getbasetemp()] if temporary is not None else (),
+            shared_directories=[basetemp] if basetemp is not None else (),
+            pool=pool,
         )
 
     @property
@@ -112,8 +116,8 @@ class VMFactory:
         credentials: tuple[str, str] | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
-        arch = arch if arch is not None else _optional_str(self._defaults.get("arch"))
-        userland = userland or _optional_str(self._defaults.get("userland"))
+        arch = arch if arch is not None else optional_str(self._defaults.get("arch"))
+        userland = userland or optional_str(self._defaults.get("userland"))
         device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
             devices, memory, cpus, boot_timeout, kernel_args, qemu_args
         )
@@ -200,26 +204,21 @@ class VMFactory:
     def _guest(
         self, arch: str | None, userland: str, kernel: Path | None, initramfs: Path | None
     ) -> Guest:
-        if userland not in USERLAND_CHOICES:
-            raise ConfigurationError(
-                f"userland {userland!r} is not valid: use one of {USERLAND_CHOICES}"
-            )
+        entry = GUEST_KINDS.entry(userland)
         base = self._session.default_guest(self._session.platform(arch))
-        if userland == "host":
-            if kernel is not None or initramfs is not None:
+        if kernel is not None or initramfs is not None:
+            if "kernel" not in entry.options:
                 raise ConfigurationError(
-                    "userland='host' boots the default guest's kernel and initramfs: "
+                    f"userland={userland!r} boots the default guest's kernel and initramfs: "
                     "it cannot be combined with your own kernel or initramfs"
                 )
-            with self._lock:
-                if base.platform.name not in self._host_userland:
-                    self._host_userland[base.platform.name] = HostUserlandGuest(
-                        base, self._shared_directories
-                    )
-                return self._host_userland[base.platform.name]
-        if kernel is not None or initramfs is not None:
             return OwnBootFilesGuest(base, kernel, initramfs)
-        return base
+        with self._lock:
+            key = (userland, base.platform.name)
+            if key not in self._guests:
+                make = GUEST_KINDS.load(userland)
+                self._guests[key] = make(base, self._shared_directories)
+            return self._guests[key]
 
     def close(self) -> None:
         """Shut down every VM this factory started."""
@@ -227,10 +226,6 @@ class VMFactory:
             vms, self.vms = list(self.vms), []
         for vm in vms:
             vm.shutdown(timeout=5)
-
-
-def _optional_str(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def _checked_arguments(
@@ -247,25 +242,10 @@ def _checked_arguments(
             "kernel_args and qemu_args take a list of arguments, not one string: "
             f"got {kernel_args!r} / {qemu_args!r}"
         )
-    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
-        raise ConfigurationError(
-            f"devices {devices!r} is not a list of devices: give a list of "
-            "pytest_qemu Device instances, such as [VirtioRandom()]"
-        )
-    device_list = list(devices)
-    for device in device_list:
-        if not isinstance(device, Device):
-            raise ConfigurationError(
-                f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
-            )
-    if memory is not None and (
-        isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
-    ):
-        raise ConfigurationError(
-            f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
-        )
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
-        raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
+    device_list = check_devices(devices)
+    if memory is not None:
+        check_memory(memory)
+    check_cpus(cpus)
     if boot_timeout is not None and (
         isinstance(boot_timeout, bool)
         or not isinstance(boot_timeout, (int, float))

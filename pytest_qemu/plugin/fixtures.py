@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_qemu.errors import QemuError
+from pytest_qemu.plugin.options import optional_str
 from pytest_qemu.plugin.session import (
     QemuSession,
-    factories_key,
     log_root_for,
     marker_options,
     next_test_wants_the_same_vm,
-    reports_key,
     snapshots_wanted,
 )
+from pytest_qemu.plugin.stash import factories_key, reports_key
 
 # The rest is imported when a fixture runs: this module loads in every pytest run.
 if TYPE_CHECKING:
@@ -140,25 +140,20 @@ def _factory(
         options = marker_options(request)
         if arch is not None:
             options["arch"] = arch
-        platform = session.platform(_text(options.get("arch")))
+        platform = session.platform(optional_str(options.get("arch")))
         settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
         session.accelerator(platform)
     except QemuError as error:
         pytest.fail(str(error), pytrace=False)
     from pytest_qemu.plugin.factory import VMFactory
 
-    return VMFactory(
-        session,
-        log_root=log_root_for(request, tmp_path_factory),
-        snapshots=session.snapshot_store() if snapshots_wanted(request) else None,
+    return VMFactory.from_config(
+        request.config,
+        log_root_for(request, tmp_path_factory),
+        snapshots=snapshots_wanted(request),
         defaults=options,
-        shared_directories=[tmp_path_factory.getbasetemp()],
         pool=session.pool(request.config),
     )
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 @pytest.fixture

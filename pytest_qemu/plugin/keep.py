@@ -24,7 +24,7 @@ def keep_alive(config: pytest.Config, vms: Sequence[VM], test: str) -> None:
         for index, vm in enumerate(running):
             # Let go of the sockets that take one client, so that you can connect.
             vm.console.close()
-            vm._release_qmp()
+            vm.release_qmp()
             console = vm.console.socket_path
             out.write(
                 f"  vm{index} (QEMU pid {vm.pid}, logs in {vm.log_dir}):\n"

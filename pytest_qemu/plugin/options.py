@@ -2,31 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
-from pytest_qemu.platforms import Platform, get_platform
+from pytest_qemu.guests import GUEST_KINDS
+from pytest_qemu.platforms import PLATFORMS, Platform, get_platform
 
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
-USERLAND_CHOICES = ("busybox", "host")
 
 # (name, help, default): each is --qemu-NAME on the command line and qemu_NAME in the ini file.
 _OPTIONS = (
     ("binary", "QEMU binary to run (default: the architecture's qemu-system-*)", ""),
-    ("arch", "guest architecture: x86_64 or aarch64 (default: the host's)", ""),
-    (
-        "userland",
-        "the guest's userland: busybox (hermetic, the default) or host (the host's root, "
-        "read-only)",
-        "busybox",
-    ),
+    ("arch", f"guest architecture: {PLATFORMS.help()} (default: the host's)", ""),
+    ("userland", f"the guest's userland: {GUEST_KINDS.help()}", "busybox"),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     (
@@ -83,7 +81,15 @@ def add_options(parser: pytest.Parser) -> None:
         parser.addini(dest, help_text, default=default)
 
 
+#: Gives an option's value as text, by its name (``"boot-timeout"``).
+Values = Callable[[str], str]
+
+#: Each option's default value, as text.
+_DEFAULTS = {name: default for name, _help, default in _OPTIONS}
+
+
 def _value(config: pytest.Config, name: str) -> str:
+    """Option *name*'s value: from the command line, else the ini file (else its default)."""
     dest = f"qemu_{name.replace('-', '_')}"
     from_command_line = config.getoption(dest)
     if from_command_line is not None:
@@ -91,8 +97,8 @@ def _value(config: pytest.Config, name: str) -> str:
     return str(config.getini(dest))
 
 
-def _number(config: pytest.Config, name: str, kind: type[int] | type[float]) -> float:
-    text = _value(config, name)
+def _number(config: Values, name: str, kind: type[int] | type[float]) -> float:
+    text = config(name)
     try:
         value = kind(text)
     except ValueError:
@@ -106,7 +112,7 @@ def _number(config: pytest.Config, name: str, kind: type[int] | type[float]) -> 
 _MEMORY_FLOOR_MB = 16
 
 
-def _memory(config: pytest.Config) -> int:
+def _memory(config: Values) -> int:
     memory = int(_number(config, "memory", int))
     if memory < _MEMORY_FLOOR_MB:
         raise ConfigurationError(
@@ -117,8 +123,8 @@ def _memory(config: pytest.Config) -> int:
     return memory
 
 
-def _kernel_args(config: pytest.Config) -> tuple[str, ...]:
-    text = _value(config, "kernel-args")
+def _kernel_args(config: Values) -> tuple[str, ...]:
+    text = config("kernel-args")
     try:
         arguments = shlex.split(text)
     except ValueError as error:
@@ -131,8 +137,8 @@ def _kernel_args(config: pytest.Config) -> tuple[str, ...]:
     return tuple(arguments)
 
 
-def _cache_dir(config: pytest.Config) -> Path | None:
-    text = _value(config, "cache-dir")
+def _cache_dir(config: Values) -> Path | None:
+    text = config("cache-dir")
     if not text:
         return None
     path = Path(text).expanduser().absolute()
@@ -149,8 +155,8 @@ def _cache_dir(config: pytest.Config) -> Path | None:
     return path
 
 
-def _existing_file(config: pytest.Config, name: str) -> Path | None:
-    text = _value(config, name)
+def _existing_file(config: Values, name: str) -> Path | None:
+    text = config(name)
     if not text:
         return None
     path = Path(text).expanduser().absolute()
@@ -159,20 +165,25 @@ def _existing_file(config: pytest.Config, name: str) -> Path | None:
     return path
 
 
-def _choice(config: pytest.Config, name: str, choices: tuple[str, ...]) -> str:
-    value = _value(config, name)
+def _choice(config: Values, name: str, choices: tuple[str, ...]) -> str:
+    value = config(name)
     if value not in choices:
         raise ConfigurationError(f"--qemu-{name} {value!r} is not one of {choices}")
     return value
 
 
-def _prepare_ahead(config: pytest.Config) -> str:
-    value = _value(config, "prepare-ahead")
+def _prepare_ahead(config: Values) -> str:
+    value = config("prepare-ahead")
     if value not in ("auto", "off") and not (value.isdigit() and int(value) > 0):
         raise ConfigurationError(
             f"--qemu-prepare-ahead {value!r} is not 'auto', 'off' or a number of VMs (1, 2...)"
         )
     return value
+
+
+def optional_str(value: object) -> str | None:
+    """*value* as text, None staying None (a marker's or option's value)."""
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -199,22 +210,32 @@ class QemuSettings:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
-        accel = _value(config, "accel")
+        """The settings of *config*'s run: command line, then ini file, then defaults."""
+        return cls.from_values(lambda name: _value(config, name))
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> QemuSettings:
+        """The settings the options' defaults give, with *overrides* (outside pytest)."""
+        return dataclasses.replace(cls.from_values(_DEFAULTS.__getitem__), **overrides)
+
+    @classmethod
+    def from_values(cls, config: Values) -> QemuSettings:
+        """The settings of the options' values as text (*config* gives an option's value
+        by its name), each checked."""
+        accel = config("accel")
         if accel not in ACCELERATOR_CHOICES:
             raise ConfigurationError(f"--qemu-accel {accel!r} is not one of {ACCELERATOR_CHOICES}")
-        snapshots = _value(config, "snapshots")
+        snapshots = config("snapshots")
         if snapshots not in ("on", "off"):
             raise ConfigurationError(f"--qemu-snapshots {snapshots!r} is not 'on' or 'off'")
-        userland = _value(config, "userland")
-        if userland not in USERLAND_CHOICES:
-            raise ConfigurationError(
-                f"--qemu-userland {userland!r} is not one of {USERLAND_CHOICES}"
-            )
-        arch = _value(config, "arch") or None
+        userland = config("userland")
+        if userland not in GUEST_KINDS:
+            raise GUEST_KINDS.unknown(userland, "--qemu-userland")
+        arch = config("arch") or None
         if arch is not None:
             get_platform(arch)  # a clear error for an unknown architecture, before any test
         return cls(
-            binary=_value(config, "binary"),
+            binary=config("binary"),
             arch=arch,
             userland=userland,
             kernel=_existing_file(config, "kernel"),
@@ -227,33 +248,11 @@ class QemuSettings:
             cache_dir=_cache_dir(config),
             snapshots=snapshots == "on",
             kernel_warnings=_choice(config, "kernel-warnings", ("fail", "ignore")),
-            log_dir=Path(_value(config, "log-dir")).absolute()
-            if _value(config, "log-dir")
-            else None,
+            log_dir=Path(config("log-dir")).absolute() if config("log-dir") else None,
             gdb=_choice(config, "gdb", ("on", "off")) == "on",
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),
         )
-
-    @classmethod
-    def defaults(cls, **overrides: object) -> QemuSettings:
-        """The settings the options' defaults give, with *overrides* (outside pytest)."""
-        values: dict[str, object] = {
-            "binary": "",
-            "arch": None,
-            "userland": "busybox",
-            "kernel": None,
-            "initramfs": None,
-            "image": None,
-            "kernel_args": (),
-            "accel": "auto",
-            "memory": 256,
-            "boot_timeout": 120.0,
-            "cache_dir": None,
-            "snapshots": True,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
 
     def resolved_binary(self, platform: Platform) -> str:
         """The path of the QEMU binary for *platform*; a clear error if it is not installed."""

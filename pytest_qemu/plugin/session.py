@@ -1,4 +1,5 @@
-"""Run-wide plugin state: settings, guests per architecture, accelerators, each test's VMs."""
+"""Run-wide plugin state: settings, guests per architecture, accelerators, the pool of VMs
+prepared ahead; and what the fixtures read of a test (its marker, the next test)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,14 @@ from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
+from pytest_qemu.plugin.stash import next_item_key, session_key
 from pytest_qemu.plugin.summary import RunStats
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
 
 if TYPE_CHECKING:
     from pytest_qemu.guests.default import DefaultGuest
-    from pytest_qemu.plugin.factory import VMFactory
-    from pytest_qemu.vm.pool import VMPool
     from pytest_qemu.vm.snapshot import SnapshotStore
-
-session_key = pytest.StashKey["QemuSession"]()
-factories_key = pytest.StashKey[list["VMFactory"]]()
-#: A test's reports so far, by phase ("setup", "call", "teardown").
-reports_key = pytest.StashKey[dict[str, pytest.TestReport]]()
-#: The test pytest runs after this one in this process (None for the last).
-next_item_key = pytest.StashKey["pytest.Item | None"]()
+    from pytest_qemu.vm.start.prepared import VMPool
 
 
 class QemuSession:
@@ -83,6 +77,7 @@ class QemuSession:
                 except QemuError:
                     kernel = None  # the boot-sector probe needs no kernel
             choice = choose_accelerator(
+                platform,
                 self.settings.accel,
                 self.settings.resolved_binary(platform),
                 self.cache_dir,
@@ -99,12 +94,12 @@ class QemuSession:
             if not self._pool_decided:
                 self._pool_decided = True
                 depth = _prepare_ahead_depth(self.settings.prepare_ahead, config)
-                temporary = getattr(config, "_tmp_path_factory", None)
-                if depth > 0 and temporary is not None:
-                    from pytest_qemu.vm.pool import VMPool
+                basetemp = pytest_basetemp(config)
+                if depth > 0 and basetemp is not None:
+                    from pytest_qemu.vm.start.prepared import VMPool
 
                     # Beside the tests' own directories: a VM's logs move there when taken.
-                    self._pool = VMPool(temporary.getbasetemp() / "qemu-prepared", depth)
+                    self._pool = VMPool(basetemp / "qemu-prepared", depth)
             return self._pool
 
     def close(self) -> None:
@@ -142,9 +137,13 @@ def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
     return min(_MOST_PREPARED_AHEAD, cpus // processes) if cpus > processes else 0
 
 
-def settings(config: pytest.Config) -> QemuSettings:
-    """The run's settings."""
-    return QemuSession.of(config).settings
+def pytest_basetemp(config: pytest.Config) -> Path | None:
+    """pytest's base temporary directory (holding every ``tmp_path``), or None outside a
+    run with its tmp_path plugin."""
+    # pytest keeps its TempPathFactory on the config; TempPathFactory.from_config would
+    # make a second one, with a base directory of its own.
+    factory: pytest.TempPathFactory | None = getattr(config, "_tmp_path_factory", None)
+    return factory.getbasetemp() if factory is not None else None
 
 
 def snapshots_wanted(request: pytest.FixtureRequest) -> bool:

@@ -3,8 +3,8 @@
 ``/dev/kvm`` can exist and answer ioctls while every guest hangs (nested
 virtualisation without VMX/SVM, seen on our own CI machines). So the probe
 boots a guest under KVM and waits, for a bounded time, for proof that guest
-code ran: the kernel's first console line, or, with no kernel at hand, a
-512-byte guest that writes to QEMU's ``isa-debug-exit`` port. The verdict is
+code ran: the kernel's first console line, or, with no kernel at hand, the
+platform's tiny probe guest (on a PC, a boot sector that makes QEMU exit). The verdict is
 cached until the host reboots.
 """
 
@@ -20,49 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.cache import cache_key
+from pytest_qemu.platforms.base import Platform
 
-_DEBUG_EXIT_PORT = 0xF4
-_DEBUG_EXIT_VALUE = 0x21
-#: QEMU's isa-debug-exit makes QEMU exit with (value << 1) | 1.
-_EXPECTED_STATUS = (_DEBUG_EXIT_VALUE << 1) | 1
 #: Under a working KVM both probes answer in well under a second.
 PROBE_TIMEOUT = 5.0
 _KERNEL_MARKER = b"Linux version"
 
 
-def probe_boot_sector() -> bytes:
-    """A boot sector that writes to the debug-exit port, then halts."""
-    code = bytes(
-        [
-            0xBA, _DEBUG_EXIT_PORT, 0x00,  # mov dx, 0xf4
-            0xB0, _DEBUG_EXIT_VALUE,  # mov al, 0x21
-            0xEE,  # out dx, al
-            0xF4,  # hlt
-            0xEB, 0xFD,  # jmp back to hlt
-        ]
-    )  # fmt: skip
-    return code.ljust(510, b"\0") + b"\x55\xaa"
-
-
 def _base_command(qemu: str, accelerator: str) -> list[str]:
     return [
-        qemu, "-accel", accelerator, "-machine", "pc", "-nodefaults", "-no-user-config",
-        "-display", "none", "-no-reboot",
+        qemu, "-accel", accelerator, "-nodefaults", "-no-user-config", "-display", "none",
+        "-no-reboot",
     ]  # fmt: skip
 
 
-def boot_sector_probe_command(qemu: str, accelerator: str, boot_sector: Path) -> list[str]:
+def kernel_probe_command(
+    platform: Platform, qemu: str, accelerator: str, kernel: Path
+) -> list[str]:
+    """A probe that boots *kernel* on *platform*, its console on stdout."""
     return [
-        *_base_command(qemu, accelerator), "-m", "16",
-        "-drive", f"file={boot_sector},format=raw,if=floppy,readonly=on",
-        "-device", f"isa-debug-exit,iobase={_DEBUG_EXIT_PORT:#x},iosize=0x04",
-    ]  # fmt: skip
-
-
-def kernel_probe_command(qemu: str, accelerator: str, kernel: Path) -> list[str]:
-    return [
-        *_base_command(qemu, accelerator), "-m", "128", "-serial", "stdio",
-        "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1",
+        *_base_command(qemu, accelerator), *platform.machine_args, "-m", "128",
+        "-serial", "stdio", "-kernel", str(kernel),
+        "-append", f"console={platform.console} panic=-1",
     ]  # fmt: skip
 
 
@@ -111,25 +90,32 @@ def _run_until(
         return False, process.returncode, lines[-1] if lines else ""
 
 
-def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -> ProbeResult:
-    """Boot a probe guest under *accelerator*; it works if guest code visibly ran in time."""
+def probe_accelerator(
+    platform: Platform, qemu: str, accelerator: str, kernel: Path | None = None
+) -> ProbeResult:
+    """Boot a probe guest of *platform* under *accelerator*; it works if guest code visibly
+    ran in time: the kernel's first line, or, without a kernel, the platform's probe guest."""
     if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return ProbeResult(False, "/dev/kvm is missing or not accessible")
     try:
-        if kernel is not None:
-            seen, status, error = _run_until(
-                kernel_probe_command(qemu, accelerator, kernel), _KERNEL_MARKER, PROBE_TIMEOUT
-            )
-            what = "a test kernel printed nothing"
-        else:
-            with tempfile.TemporaryDirectory(prefix="pytest-qemu-probe-") as directory:
-                boot_sector = Path(directory) / "probe.img"
-                boot_sector.write_bytes(probe_boot_sector())
-                _, status, error = _run_until(
-                    boot_sector_probe_command(qemu, accelerator, boot_sector), None, PROBE_TIMEOUT
+        with tempfile.TemporaryDirectory(prefix="pytest-qemu-probe-") as directory:
+            program = platform.kvm_probe_args(Path(directory)) if kernel is None else None
+            if program is None:
+                if kernel is None:
+                    return ProbeResult(
+                        False, f"no probe guest for {platform.name} without a kernel"
+                    )
+                seen, status, error = _run_until(
+                    kernel_probe_command(platform, qemu, accelerator, kernel),
+                    _KERNEL_MARKER,
+                    PROBE_TIMEOUT,
                 )
-            seen = status == _EXPECTED_STATUS
-            what = "a 512-byte test guest did not finish"
+                what = "a test kernel printed nothing"
+            else:
+                argv = [*_base_command(qemu, accelerator), *program]
+                _, status, error = _run_until(argv, None, PROBE_TIMEOUT)
+                seen = status == platform.kvm_probe_status
+                what = "a tiny test guest did not finish"
     except OSError as failure:
         return ProbeResult(False, f"the probe could not start QEMU: {failure}")
     if seen:
@@ -149,7 +135,7 @@ def _boot_id() -> str:
 
 
 def cached_probe(
-    qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
+    platform: Platform, qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
 ) -> ProbeResult:
     """:func:`probe_accelerator`, remembered until the host reboots or QEMU changes."""
     try:
@@ -159,14 +145,14 @@ def cached_probe(
         fingerprint = f"{binary}:{binary.stat().st_mtime_ns}"
     except OSError:
         fingerprint = qemu
-    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v3"])
+    key = cache_key([_boot_id(), fingerprint, platform.name, accelerator, str(kernel), "v3"])
     path = cache_dir / "accelerator" / f"{key}.json"
     try:
         stored = json.loads(path.read_text())
         return ProbeResult(bool(stored["works"]), str(stored["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    result = probe_accelerator(qemu, accelerator, kernel)
+    result = probe_accelerator(platform, qemu, accelerator, kernel)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
@@ -181,14 +167,14 @@ class AcceleratorChoice:
 
 
 def choose_accelerator(
-    requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
+    platform: Platform, requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
 ) -> AcceleratorChoice:
     """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs."""
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
     if requested == "kvm":
         return AcceleratorChoice("kvm", "accelerator: kvm (requested; not probed)")
-    probe = cached_probe(qemu, "kvm", cache_dir, kernel)
+    probe = cached_probe(platform, qemu, "kvm", cache_dir, kernel)
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(

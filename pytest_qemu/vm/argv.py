@@ -3,7 +3,7 @@ the boot files' sizes, to check that the guest's memory can hold them."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,30 +45,15 @@ class MachineSpec:
         """Refuse what cannot boot, naming the value and what to give instead.
 
         Besides the types and ranges, memory is checked against what the
-        kernel and initramfs need: their files are stat-ed, and a bzImage's
-        setup header is read for the memory it unpacks itself into.
+        kernel and initramfs need: their files are stat-ed, and the platform
+        says what its kernel image format unpacks itself into.
         """
         if self.accelerator not in ACCELERATORS:
             raise ConfigurationError(
                 f"accelerator {self.accelerator!r} is not supported: use one of {ACCELERATORS}"
             )
-        if (
-            isinstance(self.cpus, bool)
-            or not isinstance(self.cpus, int)
-            or not 1 <= self.cpus <= 255
-        ):
-            raise ConfigurationError(
-                f"cpus {self.cpus!r} is not valid: give a number from 1 to 255"
-            )
-        if (
-            isinstance(self.memory, bool)
-            or not isinstance(self.memory, int)
-            or not 0 < self.memory <= 1024 * 1024
-        ):
-            raise ConfigurationError(
-                f"memory {self.memory!r} MiB is not valid: "
-                "give a whole number of MiB, at most 1048576"
-            )
+        check_cpus(self.cpus)
+        check_memory(self.memory)
 
         def file_size(path: Path | None) -> int | None:
             try:
@@ -76,27 +61,13 @@ class MachineSpec:
             except OSError:
                 return None
 
-        def kernel_size(path: Path) -> int | None:
-            size = file_size(path)
-            try:
-                with path.open("rb") as image:
-                    header = image.read(0x264)
-            except OSError:
-                return size
-            # A bzImage decompresses itself in guest memory: the setup header's init_size
-            # (boot protocol 2.10+) is what it needs there, not its compressed file size.
-            if (
-                header[0x202:0x206] == b"HdrS"
-                and int.from_bytes(header[0x206:0x208], "little") >= 0x20A
-            ):
-                return max(size or 0, int.from_bytes(header[0x260:0x264], "little"))
-            return size
-
         # Measured under TCG with the default guest (6.1 kernel, 63 MiB vmlinux): the guest
         # boots from kernel + 2 x initramfs (the archive stays in memory while it is unpacked)
         # + about 17 MiB, plus about 1 MiB per CPU; 24 MiB leaves room to run commands.
         mib = 1024 * 1024
-        kernel_bytes = None if self.kernel is None else kernel_size(Path(self.kernel))
+        kernel_bytes = (
+            None if self.kernel is None else self.platform.kernel_memory_size(Path(self.kernel))
+        )
         initramfs_bytes = file_size(None if self.initramfs is None else Path(self.initramfs))
         needed = (kernel_bytes or 0) + 2 * (initramfs_bytes or 0)
         minimum = -(-needed // mib) + 24 + self.cpus
@@ -117,16 +88,7 @@ class MachineSpec:
                 "(--qemu-memory for the whole run)"
             )
 
-        if isinstance(self.devices, (str, bytes)):
-            raise ConfigurationError(
-                f"devices {self.devices!r} is not a list of devices: give a list of "
-                "pytest_qemu Device instances, such as [VirtioRandom()]"
-            )
-        for device in self.devices:
-            if not isinstance(device, Device):
-                raise ConfigurationError(
-                    f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
-                )
+        check_devices(self.devices)
 
         if isinstance(self.kernel_args, (str, bytes)):
             raise ConfigurationError(
@@ -134,18 +96,49 @@ class MachineSpec:
             )
         for argument in self.kernel_args:
             validate_kernel_argument(argument)
-        _check_command_line_length(self.kernel_args)
+        _check_command_line_length(self.platform, self.kernel_args)
 
 
-def _check_command_line_length(kernel_args: Sequence[str]) -> None:
-    # x86 kernels take at most 2048 bytes with the terminating NUL. QEMU passes a
-    # longer -append on, and the guest then prints nothing and never boots.
+def check_devices(devices: object) -> list[Device]:
+    """*devices* as a list, if it is a list of :class:`Device`; else a clear error."""
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Iterable):
+        raise ConfigurationError(
+            f"devices {devices!r} is not a list of devices: give a list of "
+            "pytest_qemu Device instances, such as [VirtioRandom()]"
+        )
+    device_list = list(devices)
+    for device in device_list:
+        if not isinstance(device, Device):
+            raise ConfigurationError(
+                f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
+            )
+    return device_list
+
+
+def check_cpus(cpus: object) -> None:
+    """Refuse a CPU count that is not a number from 1 to 255."""
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
+        raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
+
+
+def check_memory(memory: object) -> None:
+    """Refuse a memory size that is not a whole number of MiB up to 1 TiB."""
+    if isinstance(memory, bool) or not isinstance(memory, int) or not 0 < memory <= 1024 * 1024:
+        raise ConfigurationError(
+            f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
+        )
+
+
+def _check_command_line_length(platform: Platform, kernel_args: Sequence[str]) -> None:
+    # QEMU passes a longer -append on, and the guest then prints nothing and never boots.
     length = len(" ".join(kernel_args).encode())
-    if length > 2047:
+    limit = platform.command_line_limit
+    if length > limit:
         raise ConfigurationError(
             f"the kernel command line is {length} bytes long "
-            f"({' '.join(kernel_args)[:60]!r}...): an x86 kernel takes at most 2047 "
-            "(2048 with the terminating NUL); pass fewer or shorter kernel arguments"
+            f"({' '.join(kernel_args)[:60]!r}...): a {platform.name} kernel takes at most "
+            f"{limit} ({limit + 1} with the terminating NUL); pass fewer or shorter kernel "
+            "arguments"
         )
 
 
@@ -199,16 +192,31 @@ def _check_guest_names(devices: Sequence[Device], ctx: DeviceContext) -> None:
             owners[kind, name] = device
 
 
-def device_layout(devices: Sequence[Device]) -> list[str] | None:
-    """What the guest sees of *devices*, for keying snapshots; None if one cannot be saved."""
+@dataclass(frozen=True)
+class SnapshotLayout:
+    """What the guest sees of a VM's devices, for keying its template."""
+
+    #: One part per device; None if a device cannot be carried into a clone.
+    parts: list[str] | None
+    #: The first device that cannot be carried into a clone, if any.
+    blocker: Device | None
+
+
+def snapshot_layout(devices: Sequence[Device]) -> SnapshotLayout:
+    """What the guest sees of *devices*, and the first one that cannot be snapshotted."""
     ctx = DeviceContext()
-    layout: list[str] = []
+    parts: list[str] = []
     for device in devices:
         part = device.snapshot_layout(ctx)
         if part is None:
-            return None
-        layout.append(part)
-    return layout
+            return SnapshotLayout(None, device)
+        parts.append(part)
+    return SnapshotLayout(parts, None)
+
+
+def device_layout(devices: Sequence[Device]) -> list[str] | None:
+    """What the guest sees of *devices*, for keying snapshots; None if one cannot be saved."""
+    return snapshot_layout(devices).parts
 
 
 def build_command_line(
@@ -240,12 +248,11 @@ def build_command_line(
     inherited by QEMU, so that the caller can connect without waiting for QEMU
     to create it.
     """
-    ctx = DeviceContext()
+    ctx = DeviceContext(spec.platform)
     _check_guest_names(spec.devices, ctx)
     device_args: list[str] = []
     kernel_args = list(spec.kernel_args)
     setup_args: list[str] = []
-    layout: list[str] | None = []
     for device in spec.devices:
         device_args += device.qemu_args(ctx)
         for argument in device.kernel_args(ctx):
@@ -254,11 +261,9 @@ def build_command_line(
                 setup_args.append(argument)
             else:
                 kernel_args.append(argument)
-        device_layout = device.snapshot_layout(ctx)
-        layout = None if layout is None or device_layout is None else [*layout, device_layout]
     if setup_on_kernel_command_line:
         kernel_args += setup_args
-    _check_command_line_length(kernel_args)
+    _check_command_line_length(spec.platform, kernel_args)
 
     def server_socket(chardev_id: str, path: Path, **options: str | bool) -> str:
         return option_string(
@@ -297,7 +302,7 @@ def build_command_line(
             # Appending lets a restored VM's log start with the boot it was saved from.
             "console", paths.console_socket, logfile=str(paths.console_log), logappend=True
         ),
-        "-serial", "chardev:console",
+        *spec.platform.console_args("console"),
     ]  # fmt: skip
     if paths.gdb_socket is not None:
         argv += ["-gdb", option_string(f"unix:{escape(str(paths.gdb_socket))}", server=True,
@@ -309,7 +314,7 @@ def build_command_line(
         # QEMU 7.2 has no command-line switch for x-ignore-shared: the caller sets it
         # over QMP, then starts the restore from the inherited descriptor.
         argv += ["-incoming", "defer"]
-    return BuiltCommandLine(argv, kernel_args, setup_args, layout)
+    return BuiltCommandLine(argv, kernel_args, setup_args, device_layout(spec.devices))
 
 
 def incoming_uri(incoming_fd: int) -> str:

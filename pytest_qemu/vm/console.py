@@ -9,14 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_qemu.errors import VMError
+from pytest_qemu.errors import ConsoleTimeout
+
+__all__ = ["Console", "ConsoleTimeout"]
 
 _POLL_INTERVAL = 0.02
 _CONTROL_SEQUENCE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
-
-
-class ConsoleTimeout(VMError):
-    """A pattern did not appear on the console in time."""
 
 
 class Console:

@@ -1,13 +1,20 @@
-"""Recognising QEMU errors that come from the user's set-up, not from pytest-qemu.
+"""Failure reports: what went wrong with a VM, in plain words, with what is needed to debug it.
 
-Pure: it reads QEMU's stderr text and says, in plain words, what the user can
-change. A start that fails for one of these reasons must not be blamed on a
-snapshot (which is then kept) and must not be retried by booting.
+Pure: it reads QEMU's stderr text and the console's tail. :func:`user_error`
+says what the user can change when QEMU failed because of their set-up: a
+start that fails for one of these reasons must not be blamed on a snapshot
+(which is then kept) and must not be retried by booting. :func:`failure_report`
+is the text of every error a VM raises.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+_PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
 
 _KNOWN = (
     (
@@ -43,3 +50,29 @@ def user_error(stderr: str) -> str | None:
         if match:
             return explanation.format(**match.groupdict())
     return None
+
+
+def failure_report(
+    headline: str,
+    *,
+    argv: Sequence[str],
+    status: int | None,
+    stderr: str,
+    stderr_log: Path,
+    console_tail: str,
+    console_log: Path,
+) -> str:
+    """*headline*, its likely cause and what is needed to debug it: QEMU's exit status,
+    command line and stderr, and the console's last lines (with a kernel panic named)."""
+    if stderr and (explanation := user_error(stderr)) is not None:
+        headline += f"\nlikely cause: {explanation}"
+    if panic := _PANIC.search(console_tail):
+        headline += f"\nthe guest kernel panicked: {panic.group(0).strip()}"
+    lines = [
+        headline,
+        f"QEMU exit status: {status}" if status is not None else "QEMU was running",
+        f"command line: {shlex.join(argv)}",
+        f"QEMU stderr ({stderr_log}):\n{stderr or '(empty)'}",
+        f"last console lines ({console_log}):\n{console_tail or '(empty)'}",
+    ]
+    return "\n".join(lines)

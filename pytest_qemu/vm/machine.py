@@ -1,94 +1,43 @@
-"""A running virtual machine: a QEMU process, its QMP monitor, console and command channel."""
+"""A virtual machine's lifecycle: start, shutdown, kill, its state. The work is done around
+it: launch plan (:mod:`.plan`), start strategies (:mod:`.start`), QEMU launches
+(:mod:`.launcher`, :mod:`.process`, :mod:`.readiness`), commands (:mod:`.commands`)."""
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import dataclasses
-import os
-import re
 import shlex
-import shutil
-import stat
-import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_qemu.channels.agent import AgentChannel
-from pytest_qemu.channels.base import (
-    AgentGone,
-    ChannelClosed,
-    ChannelError,
-    CommandChannel,
-    CommandRequest,
-    CommandResult,
-    CommandTimedOut,
-    NoReply,
-    RequestRefused,
-)
-from pytest_qemu.devices.base import DeviceContext
-from pytest_qemu.errors import (
-    AgentDied,
-    BootTimeout,
-    CommandFailed,
-    CommandRefused,
-    CommandTimeout,
-    ConfigurationError,
-    GuestUnresponsive,
-    QemuError,
-    SetupError,
-    TransferFailed,
-    VMError,
-    VMExited,
-    concise_traceback,
-)
-from pytest_qemu.guests.base import Guest, personalise_command
-from pytest_qemu.sockets import connect_unix
-from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line, device_layout
+from pytest_qemu.errors import VMError, concise_traceback
+from pytest_qemu.guests.base import Guest
+from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.vm.commands import CommandMethods, GuestCommands, first_line
 from pytest_qemu.vm.console import Console
-from pytest_qemu.vm.diagnose import user_error
-from pytest_qemu.vm.process import spawn
-from pytest_qemu.vm.qmp import EventCallback, QMPConnection
-from pytest_qemu.vm.rundir import make_run_directory
-from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore, snapshot_key
-from pytest_qemu.vm.snapshotting import start_from_snapshot
+from pytest_qemu.vm.launcher import Launcher
+from pytest_qemu.vm.plan import plan_launch
+from pytest_qemu.vm.rundir import RunFiles
+from pytest_qemu.vm.snapshot import SnapshotStore
+from pytest_qemu.vm.start import strategy_for
 from pytest_qemu.vm.transcript import Transcript
 
-_SOCKET_WAIT = 10.0
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
 
-class GuestSetupError(VMError):
-    """The guest could not apply the VM's settings (a mount or an address failed)."""
-
-
-def _which(qemu: str) -> Path:
-    return Path(shutil.which(qemu) or qemu)
-
-
-@dataclass
-class _Launch:
-    """One QEMU process of this VM (a VM whose restore failed launches a second one)."""
-
-    process: subprocess.Popen[bytes]
-    qmp: QMPConnection
-
-
-class VM:
+class VM(CommandMethods):
     """A live QEMU process you can run commands in, read the console of and talk QMP to.
 
     Create it with a :class:`MachineSpec` and call :meth:`start` (or use it as
     a context manager); the fixtures do both for you. :meth:`shutdown` or
     :meth:`kill` ends it; so does the death of the Python process.
 
-    With a :class:`SnapshotStore`, the VM is restored from a saved boot of a
-    VM with the same hardware when there is one (and saves one when there is
-    not), then given its own settings through its command channel.
+    *guest* is the kind of guest (default: one that boots the spec's kernel and
+    initramfs and runs pytest-qemu's agent). With a :class:`SnapshotStore`, the
+    VM is cloned from a template of a VM with the same hardware when there is
+    one (and builds one when there is not), then given its own settings.
     """
 
     def __init__(
@@ -100,73 +49,48 @@ class VM:
         guest: Guest | None = None,
         gdb: bool = False,
     ) -> None:
+        if guest is None:
+            from pytest_qemu.guests.agent import AgentGuest
+
+            guest = AgentGuest(spec.platform)
         self.spec = spec
         self.boot_timeout = boot_timeout
         #: The kind of guest: it provides the command channel and the personalisation.
         self.guest = guest
-        self._socket_dir = make_run_directory()
-        self.log_dir = log_dir if log_dir is not None else self._socket_dir
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._paths = RuntimePaths.in_directory(self._socket_dir, self.log_dir, gdb=gdb)
-        self._channel = self._new_channel()
-        self._setup_at_boot = guest is None or guest.reads_setup_from_kernel_command_line
-        self._snapshot: Snapshot | None = None
+        self.files = RunFiles.create(log_dir, gdb)
         try:
-            layout = device_layout(spec.devices) if snapshots is not None else None
-            built = build_command_line(
-                spec,
-                self._paths,
-                channel_args=self._channel.qemu_args(),
-                # Settings go on the kernel command line unless the VM is personalised later.
-                setup_on_kernel_command_line=layout is None and self._setup_at_boot,
-            )
-            if snapshots is not None and layout is not None:
-                key = snapshot_key(
-                    spec,
-                    _which(spec.qemu_binary),
-                    [*built.kernel_args, *(guest.snapshot_key_parts if guest else ())],
-                    layout,
-                )
-                self._snapshot = snapshots.get(key)
-            #: Why this VM boots instead of being cloned from a template (None if cloned).
-            self.boot_reason: str | None = None
-            if snapshots is None:
-                self.boot_reason = "snapshots are off for this VM"
-            elif layout is None:
-                blocker = next(
-                    d for d in spec.devices if d.snapshot_layout(DeviceContext()) is None
-                )
-                self.boot_reason = (
-                    f"{blocker!r} cannot be carried into a clone (its guest-visible state is "
-                    "not known before the VM starts)"
-                )
+            channel = guest.channel(self.files.socket_dir)
+            plan = plan_launch(spec, self.files.paths, channel.qemu_args(), guest, snapshots)
         except BaseException:
             # No VM will exist to free these at teardown.
             for device in spec.devices:
                 device.release()
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self.files.remove()
             raise
-        self.argv: list[str] = built.argv
-        self.kernel_args: list[str] = built.kernel_args
-        self._setup_args = built.setup_args
-        self.stderr_log = self.log_dir / "qemu-stderr.log"
         #: What happened to this VM, in order (also in ``transcript.log`` beside the console).
-        self.transcript = Transcript(self.log_dir / "transcript.log")
-        self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
-        self._launched: _Launch | None = None
-        self._lifecycle_lock = threading.Lock()
-        self._command_lock = threading.Lock()
-        self._started = False
-        self._stopped = False
-        #: Seconds from :meth:`start` until the VM was ready for commands.
-        self.boot_seconds: float | None = None
-        self._boot_setup_status = "-"
-        #: The snapshot this VM was restored from, or None if it booted.
+        self.transcript = Transcript(self.files.transcript_log)
+        paths = self.files.paths
+        self.console = Console(paths.console_log, paths.console_socket, self.is_running)
+        self._launcher = Launcher(
+            guest, plan, self.files, self.console, self.transcript, channel, boot_timeout, self.kill
+        )
+        #: The guest's commands (:meth:`run`, :meth:`check`...), through its channel.
+        self.commands: GuestCommands = self._launcher.commands
+        #: QEMU's command line (a clone's, once it started from a template).
+        self.argv: list[str] = list(plan.boot.argv)
+        #: The kernel command line.
+        self.kernel_args: list[str] = plan.boot.kernel_args
+        #: Why this VM boots instead of being cloned from a template (None if cloned).
+        self.boot_reason: str | None = plan.boot_reason
+        #: The template this VM was cloned from, or None if it booted.
         self.restored_from: Path | None = None
         #: Whether this VM's start built the template it was cloned from.
         self.built_template = False
-
-    # -- lifecycle --------------------------------------------------------------------------
+        #: Seconds from :meth:`start` until the VM was ready for commands.
+        self.boot_seconds: float | None = None
+        self._lifecycle_lock = threading.Lock()
+        self._started = False
+        self._stopped = False
 
     @concise_traceback
     def start(self) -> VM:
@@ -177,21 +101,18 @@ class VM:
         started = time.monotonic()
         _live_vms.add(self)
         try:
-            if self._snapshot is None:
-                self._boot(started)
-                if self._setup_at_boot:
-                    self._check_boot_setup()
-                else:
-                    self._personalise()
-            else:
-                start_from_snapshot(self, self._snapshot, started)
+            outcome = strategy_for(self._launcher.plan).start(self._launcher, started)
         except BaseException as error:
             self.transcript.add(
                 f"start failed after {time.monotonic() - started:.3f} s: "
-                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                f"{type(error).__name__}: {first_line(error)}"
             )
             self.kill()
             raise
+        self.argv = outcome.argv
+        self.restored_from = outcome.restored_from
+        self.built_template = outcome.built_template
+        self.boot_reason = outcome.boot_reason
         self.boot_seconds = time.monotonic() - started
         how = (
             f"cloned from template {self.restored_from.name}"
@@ -203,174 +124,17 @@ class VM:
             self.transcript.add(f"gdb stub: {command}")
         return self
 
-    def _boot(self, started: float) -> None:
-        """Launch QEMU on :attr:`argv` and wait for the channel, within the boot timeout."""
-        self._launch(self.argv, console_prefix=None)
-        self._wait_until_ready(started + self.boot_timeout, resumed=False)
-
-    def _new_channel(self) -> CommandChannel:
-        if self.guest is not None:
-            return self.guest.channel(self._socket_dir)
-        return AgentChannel(self._socket_dir)
-
-    def _launch(
-        self,
-        argv: list[str],
-        console_prefix: Path | None,
-        pass_fds: tuple[int, ...] = (),
-        events: Mapping[str, EventCallback] | None = None,
-    ) -> None:
-        """Start QEMU on *argv*: the lifecycle's three steps, each a hook of its own.
-
-        *pass_fds* are inherited by QEMU; *events* are QMP events to listen for
-        from the first moment of the QMP session.
-        """
-        environment = self._pre_launch(console_prefix)
-        with self.stderr_log.open("wb") as stderr:
-            try:
-                process = spawn(argv, stderr=stderr, env=environment, pass_fds=pass_fds)
-            except FileNotFoundError:
-                raise SetupError(
-                    f"QEMU binary {argv[0]!r} was not found: install it with "
-                    f"`apt-get install {self.spec.platform.qemu_package}` or pass --qemu-binary"
-                ) from None
-        self._post_launch(process, events or {})
-
-    def _pre_launch(self, console_prefix: Path | None) -> dict[str, str]:
-        """Before QEMU starts: a fresh console log (a clone's starts with its template's
-        boot); returns QEMU's environment."""
-        with self._paths.console_log.open("wb") as console:
-            if console_prefix is not None:
-                with contextlib.suppress(OSError):
-                    console.write(console_prefix.read_bytes())
-                console.write(b"\n[pytest-qemu: restored from a snapshot]\n")
-        # QEMU puts the throwaway overlays of disks (snapshot=on) in TMPDIR: keep them
-        # with the VM's sockets, removed at teardown.
-        return {**os.environ, "TMPDIR": str(self._socket_dir)}
-
-    def _post_launch(
-        self, process: subprocess.Popen[bytes], events: Mapping[str, EventCallback]
-    ) -> None:
-        """Once QEMU runs: its QMP session, listening for the channel's port events."""
-        qmp = QMPConnection(f"vm-{process.pid}")
-        if self._channel.serial_port_id is not None:
-            qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
-        for name, callback in events.items():
-            qmp.on_events([name], callback)
-        self._launched = _Launch(process, qmp)
-        try:
-            connection = connect_unix(
-                self._paths.qmp_socket, time.monotonic() + _SOCKET_WAIT, self.is_running
-            )
-            qmp.connect(connection, _SOCKET_WAIT)
-        except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
-            raise self._start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
-
-    def _on_serial_port_event(self, name: str, data: dict[str, Any]) -> None:
-        if data.get("id") == self._channel.serial_port_id:
-            self._channel.guest_port_changed(bool(data.get("open")))
-
-    def _wait_until_ready(self, deadline: float, resumed: bool) -> None:
-        """Connect QMP and the channel and wait for the guest; a clear error if it fails.
-
-        *resumed*: the guest was restored (it will not announce itself).
-        """
-        try:
-            self._channel.connect(time.monotonic() + _SOCKET_WAIT, self.is_running)
-        except OSError as error:
-            raise self._start_failure(
-                f"cannot connect to the command channel's socket ({error})"
-            ) from None
-        try:
-            self._boot_setup_status = self._channel.wait_ready(deadline, resumed=resumed)
-        except ChannelClosed as error:
-            self._has_exited()  # so that the report shows QEMU's exit status
-            raise VMExited(
-                self.failure_report(f"QEMU exited while the VM was starting ({error})")
-            ) from None
-        except ChannelError as error:
-            if self._has_exited():
-                raise VMExited(
-                    self.failure_report(f"QEMU exited while the VM was starting ({error})")
-                ) from None
-            raise BootTimeout(
-                self.failure_report(
-                    f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
-                    f" ({error})"
-                    + (f"\n{self.guest.boot_timeout_hint}" if self.guest is not None else "")
-                )
-            ) from None
-
-    def _start_failure(self, headline: str) -> VMExited:
-        if self._has_exited():
-            headline = f"QEMU exited while the VM was starting: {headline}"
-        return VMExited(self.failure_report(headline))
-
-    def _personalise(self) -> None:
-        """Give a restored (or snapshot-booted) guest its own clock, entropy and settings."""
-        with_devices = bool(self.spec.devices)
-        # The channel may have set the clock and added entropy while it waited for the guest.
-        clock = not (self.restored_from is not None and self._channel.personalises_on_resume)
-        if self.guest is not None:
-            command = self.guest.personalise_command(self._setup_args, with_devices, clock)
-        else:
-            command = personalise_command(self._setup_args, with_devices, clock)
-        if command:
-            self._run_setup(command, stdin=os.urandom(64))
-
-    def _run_setup(self, command: str, stdin: bytes = b"") -> None:
-        """Run a set-up *command* in the guest's own root (not a userland it chroots into)."""
-        request = CommandRequest(command, stdin=stdin, timeout=60, root="/")
-        result: CommandResult = self._call(
-            "set up the guest", lambda: self._channel.run(request), 60
-        )
-        if result.returncode != 0:
-            raise GuestSetupError(self.failure_report(f"guest setup failed:\n{result.stderr}"))
-
-    def _check_boot_setup(self) -> None:
-        """Fail the start if the guest's init could not apply the VM's settings at boot."""
-        if self._boot_setup_status in ("0", "-"):
-            return
-        self._run_setup(
-            # A guest of the user's own may have no setup status to report.
-            "[ -e /run/pytest-qemu/setup.status ] || exit 0; "
-            "cat /run/pytest-qemu/setup.err >&2; exit $(cat /run/pytest-qemu/setup.status)"
-        )
-
-    def _has_exited(self) -> bool:
-        """Whether QEMU has exited, allowing a moment for an exit already under way."""
-        if self._launched is None:
-            return False
-        try:
-            self._launched.process.wait(1.0)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM: QMP ``quit``, then kill it if that fails within *timeout*.
 
         A guest ``sync`` runs first only when a device keeps what the guest
         writes (a persistent :class:`Disk`): nothing else waits on the guest.
         """
-        if self.is_running():
-            assert self._launched is not None
-            keeps_writes = any(device.keeps_guest_writes for device in self.spec.devices)
-            if keeps_writes and self._command_lock.acquire(timeout=min(timeout, 5.0)):
-                try:
-                    self._channel.run(CommandRequest("sync", timeout=min(timeout, 5.0)))
-                except (ChannelError, OSError):
-                    pass
-                finally:
-                    self._command_lock.release()
-            try:
-                self._launched.qmp.execute("quit", None, timeout=min(timeout, 5.0))
-            except Exception:
-                pass
-            try:
-                self._launched.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        process = self._launcher.process
+        if process is not None and process.is_running():
+            if any(device.keeps_guest_writes for device in self.spec.devices):
+                self._launcher.commands.sync(min(timeout, 5.0))
+            process.stop(timeout)
         self.kill()
 
     def kill(self) -> None:
@@ -379,50 +143,31 @@ class VM:
             if self._stopped:
                 return
             self._stopped = True
-        self._stop_process()
+        self._launcher.stop_process()
         self._post_shutdown()
 
     def _post_shutdown(self) -> None:
         """After QEMU is gone for good: close the connections, give back what the devices
         leased, remove the VM's private directory."""
-        self._channel.close()
+        self._launcher.channel.close()
         self.console.close()
         for device in self.spec.devices:
             device.release()
-        self._cleanup_files()
+        self.files.remove()
         _live_vms.discard(self)
 
-    def _stop_process(self) -> None:
-        launched = self._launched
-        if launched is not None:
-            if launched.process.poll() is None:
-                launched.process.kill()
-                launched.process.wait()
-            launched.qmp.close()
-        self._channel.close()
-        # A fresh channel for a second launch (a restore that fell back to a boot).
-        self._channel = self._new_channel()
-        for path in self._socket_dir.glob("*.sock"):
-            path.unlink(missing_ok=True)
-
-    def _cleanup_files(self) -> None:
-        # Without a log directory of its own, the console log lives here: keep it.
-        if self.log_dir != self._socket_dir:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+    def release_qmp(self) -> None:
+        """Close this VM's QMP session, so that someone else can connect (keep-failed).
+        The VM is then ended with SIGKILL instead of QMP ``quit``."""
+        if self._launcher.process is not None:
+            self._launcher.process.qmp.close()
 
     def move_logs(self, destination: Path) -> None:
         """Move this VM's log directory to *destination* (absent, or an empty directory,
         on the same file system), while QEMU keeps writing to its open files."""
-        if self.log_dir == self._socket_dir:
-            raise VMError("this VM keeps its logs with its sockets: they cannot be moved")
-        os.replace(self.log_dir, destination)
-        self.log_dir = destination
-        self._paths = dataclasses.replace(
-            self._paths, console_log=destination / self._paths.console_log.name
-        )
-        self.stderr_log = destination / self.stderr_log.name
-        self.transcript.path = destination / self.transcript.path.name
-        self.console.log_path = self._paths.console_log
+        self.files.move_logs(destination)
+        self.transcript.path = self.files.transcript_log
+        self.console.log_path = self.files.paths.console_log
 
     def __enter__(self) -> VM:
         if not self._started:
@@ -432,37 +177,46 @@ class VM:
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
-    # -- state --------------------------------------------------------------------------------
-
     @property
     def pid(self) -> int | None:
         """QEMU's process id, once started."""
-        return self._launched.process.pid if self._launched is not None else None
+        process = self._launcher.process
+        return process.pid if process is not None else None
 
     @property
     def returncode(self) -> int | None:
         """QEMU's exit status once it has exited, else None."""
-        return self._launched.process.poll() if self._launched is not None else None
+        process = self._launcher.process
+        return process.returncode if process is not None else None
 
     def is_running(self) -> bool:
         """Whether the QEMU process is alive."""
-        return self._launched is not None and self._launched.process.poll() is None
+        return self._launcher.is_running()
+
+    @property
+    def log_dir(self) -> Path:
+        """Where this VM's logs are: console, QEMU's stderr, transcript."""
+        return self.files.log_dir
+
+    @property
+    def stderr_log(self) -> Path:
+        """The file QEMU's stderr goes to."""
+        return self.files.stderr_log
 
     @property
     def console_log(self) -> Path:
         """The file the serial console is logged to, from the first byte of boot."""
-        return self._paths.console_log
+        return self.files.paths.console_log
+
+    @property
+    def qmp_socket(self) -> Path:
+        """QEMU's QMP socket (already in use by this VM; see :meth:`qmp`)."""
+        return self.files.paths.qmp_socket
 
     @property
     def gdb_socket(self) -> Path | None:
         """The gdb stub's UNIX socket (``--qemu-gdb``), or None."""
-        return self._paths.gdb_socket
-
-    def _release_qmp(self) -> None:
-        """Close this process's QMP session, so that someone else can connect (keep-failed).
-        The VM is then ended with SIGKILL instead of QMP ``quit``."""
-        if self._launched is not None:
-            self._launched.qmp.close()
+        return self.files.paths.gdb_socket
 
     def gdb_command(self) -> str | None:
         """The command that attaches gdb to this VM's stub, or None without one.
@@ -470,211 +224,23 @@ class VM:
         It names the kernel image for symbols: Debian's ``vmlinux`` with debug
         information when ``linux-image-*-dbg`` is installed, else the booted image.
         """
-        if self._paths.gdb_socket is None:
+        if self.gdb_socket is None:
             return None
-        symbols = (self.guest.debug_symbols if self.guest is not None else None) or self.spec.kernel
-        target = f"target remote {self._paths.gdb_socket}"
+        symbols = self.guest.debug_symbols or self.spec.kernel
+        target = f"target remote {self.gdb_socket}"
         return shlex.join(["gdb", "-ex", target, *([str(symbols)] if symbols else [])])
 
-    @property
-    def qmp_socket(self) -> Path:
-        """QEMU's QMP socket (already in use by this VM; see :meth:`qmp`)."""
-        return self._paths.qmp_socket
+    def stderr_tail(self) -> str:
+        """The end of what QEMU wrote to its stderr (its error messages)."""
+        return self._launcher.stderr_tail()
 
-    # -- guest commands -----------------------------------------------------------------------
+    def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
+        """*headline* followed by what is needed to debug it: command line, stderr, console."""
+        return self._launcher.failure_report(headline, argv or self.argv)
 
-    @concise_traceback
-    def run(
-        self,
-        command: str,
-        timeout: float | None = 60.0,
-        input: bytes | str = b"",
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-    ) -> CommandResult:
-        """Run the shell command *command* in the guest and return its status and output.
-
-        The command runs in *cwd* (default ``/root``) with *input* as its
-        standard input and *env* added to the guest's environment, in a session
-        and process group of its own. Past *timeout* seconds (``None``: no
-        limit) the guest kills it and everything it started, and
-        :class:`CommandTimeout` is raised; the VM stays usable. If the guest's
-        agent dies meanwhile, :class:`AgentDied` is raised within a second; if
-        the guest stops answering altogether the VM is killed and
-        :class:`GuestUnresponsive` is raised. Output of any size is kept (see
-        :class:`CommandResult`).
-        """
-        _check_command_arguments(command, timeout, env, cwd)
-        request = CommandRequest(
-            command,
-            stdin=input.encode() if isinstance(input, str) else bytes(input),
-            timeout=timeout,
-            env=dict(env or {}),
-            cwd=cwd or (self.guest.default_cwd if self.guest is not None else ""),
-            spill_dir=self.log_dir,
-        )
-        try:
-            result: CommandResult = self._call(
-                f"run {command!r}", lambda: self._channel.run(request), timeout
-            )
-        except CommandTimedOut as timed_out:
-            result = timed_out.result
-            self.transcript.command(
-                command, f"killed after its timeout of {timeout:g} s", *result.summary()
-            )
-            stdout, stderr = result.summary(_EXCERPT_LIMIT)
-            raise CommandTimeout(
-                f"guest command {command!r} did not finish within {timeout:g} s: the guest "
-                "killed it and every process it started (the VM is still usable)\n"
-                f"--- stdout (start) ---\n{stdout}--- stderr (start) ---\n{stderr}",
-                result,
-            ) from None
-        except RequestRefused as refused:
-            self.transcript.command(command, f"refused: {refused}")
-            raise CommandRefused(f"the guest could not run {command!r}: {refused}") from None
-        except QemuError as error:
-            self.transcript.command(command, f"{type(error).__name__}: {_first_line(error)}")
-            raise
-        self.transcript.command(
-            command,
-            f"exit status {result.returncode} in {result.duration:.3f} s",
-            *result.summary(),
-        )
-        return result
-
-    @concise_traceback
-    def check(
-        self,
-        command: str,
-        timeout: float | None = 60.0,
-        input: bytes | str = b"",
-        env: dict[str, str] | None = None,
-        cwd: str | None = None,
-    ) -> str:
-        """Run *command*; return its stdout, or raise :class:`CommandFailed` if it fails."""
-        result = self.run(command, timeout=timeout, input=input, env=env, cwd=cwd)
-        if result.returncode != 0:
-            raise CommandFailed(
-                command, result.returncode, _excerpt(result.stdout), _excerpt(result.stderr)
-            )
-        return result.stdout
-
-    @concise_traceback
-    def put(
-        self,
-        host_path: str | os.PathLike[str],
-        guest_path: str,
-        mode: int | None = None,
-        timeout: float | None = 300.0,
-    ) -> None:
-        """Copy the host file *host_path* to *guest_path* in the guest, any size.
-
-        The file keeps its permission bits unless *mode* is given. The guest
-        file is written under a temporary name and renamed, so it is never
-        seen half-written.
-        """
-        source = Path(host_path)
-        if not source.is_file():
-            raise ConfigurationError(f"cannot copy {str(host_path)!r} to the guest: not a file")
-        _check_guest_path(guest_path)
-        bits = stat.S_IMODE(source.stat().st_mode) if mode is None else mode
-        self._transfer(
-            f"copy {source} to {guest_path} in the guest",
-            lambda: self._channel.put(source, guest_path, bits, timeout),
-            timeout,
-        )
-
-    @concise_traceback
-    def get(
-        self,
-        guest_path: str,
-        host_path: str | os.PathLike[str],
-        timeout: float | None = 300.0,
-    ) -> Path:
-        """Copy the guest file *guest_path* to *host_path*, keeping its permission bits.
-
-        Returns the host path. *host_path* may be an existing directory.
-        """
-        _check_guest_path(guest_path)
-        destination = Path(host_path)
-        if destination.is_dir():
-            destination = destination / Path(guest_path).name
-        if not destination.parent.is_dir():
-            raise ConfigurationError(
-                f"cannot copy {guest_path} from the guest to {str(host_path)!r}: "
-                f"{destination.parent} is not a directory"
-            )
-        self._transfer(
-            f"copy {guest_path} from the guest to {destination}",
-            lambda: self._channel.get(guest_path, destination, timeout),
-            timeout,
-        )
-        return destination
-
-    @concise_traceback
-    def kernel_log(self, timeout: float | None = 30.0) -> str:
-        """The guest kernel's log, as ``dmesg`` prints it.
-
-        The default guest's agent reads it without starting a process in the
-        guest; other channels run ``dmesg``.
-        """
-        action = "read the guest kernel's log"
-        try:
-            log: str | None = self._call(action, lambda: self._channel.kernel_log(timeout), timeout)
-        except RequestRefused as refused:
-            raise TransferFailed(f"cannot {action}: {refused}") from None
-        if log is None:
-            return self.check("dmesg", timeout=timeout)
-        return log
-
-    def _transfer(self, action: str, transfer: Any, timeout: float | None) -> None:
-        try:
-            self._call(action, transfer, timeout)
-        except RequestRefused as refused:
-            self.transcript.add(f"{action}: failed: {refused}")
-            raise TransferFailed(f"cannot {action}: {refused}") from None
-        except QemuError as error:
-            self.transcript.add(f"{action}: {type(error).__name__}: {_first_line(error)}")
-            raise
-        self.transcript.add(f"{action}: done")
-
-    def _call(self, action: str, call: Any, timeout: float | None) -> Any:
-        """Run a channel request; turn channel errors into the errors users see.
-
-        :class:`RequestRefused` and :class:`CommandTimedOut` pass through for
-        the caller to word.
-        """
-        self._require_running(action)
-        with self._command_lock:
-            try:
-                return call()
-            except (CommandTimedOut, RequestRefused):
-                raise
-            except AgentGone as error:
-                raise AgentDied(
-                    self.failure_report(
-                        f"the guest's command agent died while trying to {action} ({error}); "
-                        "it restarts by itself, so the VM can run the next command. The console "
-                        "shows why (an out-of-memory kill, a signal)"
-                    )
-                ) from None
-            except ChannelClosed as error:
-                self._has_exited()
-                self.kill()
-                raise VMExited(
-                    self.failure_report(f"QEMU exited while trying to {action} ({error})")
-                ) from None
-            except NoReply:
-                self.kill()
-                limit = "" if timeout is None else f" within {timeout:g} s (plus a grace period)"
-                raise GuestUnresponsive(
-                    self.failure_report(
-                        f"the guest did not answer{limit} while trying to {action}: "
-                        "it is hung, and the VM was killed"
-                    )
-                ) from None
-
-    # -- QMP ----------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        state = "running" if self.is_running() else "stopped"
+        return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
 
     @concise_traceback
     def qmp(
@@ -690,103 +256,7 @@ class VM:
         Arguments go as keywords (``vm.qmp("qom-list", path="/machine")``), or
         as a dict for names that clash with this method's own.
         """
-        self._require_running(f"send QMP {command!r}")
-        assert self._launched is not None
-        merged = {**(arguments or {}), **keyword_arguments}
-        try:
-            answer = self._launched.qmp.execute(command, merged or None, timeout)
-        except Exception as error:
-            self.transcript.add(f"qmp {command} {merged or ''}: {type(error).__name__}: {error}")
-            raise
-        self.transcript.add(f"qmp {command} {merged or ''}: ok")
-        return answer
-
-    # -- reporting ----------------------------------------------------------------------------
-
-    def _require_running(self, action: str) -> None:
-        if not self.is_running():
-            raise VMExited(self.failure_report(f"cannot {action}: the VM is not running"))
-
-    def stderr_tail(self) -> str:
-        """The end of what QEMU wrote to its stderr (its error messages)."""
-        try:
-            return self.stderr_log.read_text(errors="replace").strip()[-3000:]
-        except OSError:
-            return ""
-
-    def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
-        """*headline* followed by what is needed to debug it: command line, stderr, console."""
-        stderr = self.stderr_tail()
-        status = self.returncode
-        if stderr and (explanation := user_error(stderr)) is not None:
-            headline += f"\nlikely cause: {explanation}"
-        console_tail = self.console.tail(30)
-        if panic := _PANIC.search(console_tail):
-            headline += f"\nthe guest kernel panicked: {panic.group(0).strip()}"
-        lines = [
-            headline,
-            f"QEMU exit status: {status}" if status is not None else "QEMU was running",
-            f"command line: {shlex.join(argv or self.argv)}",
-            f"QEMU stderr ({self.stderr_log}):\n{stderr or '(empty)'}",
-            f"last console lines ({self.console_log}):\n{console_tail or '(empty)'}",
-        ]
-        return "\n".join(lines)
-
-    def __repr__(self) -> str:
-        state = "running" if self.is_running() else "stopped"
-        return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error)
-    return text.splitlines()[0] if text else ""
-
-
-_EXCERPT_LIMIT = 10_000
-_PANIC = re.compile(r"Kernel panic - not syncing:[^\n]*")
-
-
-def _excerpt(text: str) -> str:
-    """*text*, or its start and end if it is too long to put in an error message."""
-    if len(text) <= _EXCERPT_LIMIT:
-        return text
-    half = _EXCERPT_LIMIT // 2
-    return f"{text[:half]}\n[... {len(text) - _EXCERPT_LIMIT} characters ...]\n{text[-half:]}"
-
-
-def _check_command_arguments(command: object, timeout: object, env: object, cwd: object) -> None:
-    if not isinstance(command, str):
-        raise ConfigurationError(f"a guest command must be a string, not {command!r}")
-    if "\0" in command:
-        raise ConfigurationError(f"guest command {command!r} contains a NUL character")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
-        raise ConfigurationError(
-            f"timeout {timeout!r} is not valid: give a number of seconds above 0, or None"
-        )
-    if env is not None:
-        if not isinstance(env, dict):
-            raise ConfigurationError(f"env must be a dict of strings, not {env!r}")
-        for name, value in env.items():
-            if (
-                not isinstance(name, str)
-                or not isinstance(value, str)
-                or not name
-                or "=" in name
-                or "\0" in name + value
-            ):
-                raise ConfigurationError(
-                    f"environment variable {name!r}={value!r} is not valid: names and values "
-                    "are strings, names non-empty without '=', neither with a NUL character"
-                )
-    if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
-        raise ConfigurationError(f"cwd {cwd!r} is not a valid guest directory")
-
-
-def _check_guest_path(path: object) -> None:
-    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-        raise ConfigurationError(f"guest path {path!r} is not valid: give an absolute path")
+        return self.commands.qmp(command, {**(arguments or {}), **keyword_arguments}, timeout)
 
 
 def kill_all_vms() -> None:

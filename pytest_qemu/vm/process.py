@@ -1,18 +1,28 @@
-"""Starting QEMU so that it cannot outlive the pytest process that started it."""
+"""The QEMU process: started so that it cannot outlive the pytest process that started it,
+with its QMP session, its events, its exit and the shutdown escalation."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
+
+from pytest_qemu.sockets import connect_unix
+from pytest_qemu.vm.qmp import EventCallback, QMPConnection
 
 _PR_SET_PDEATHSIG = 1
+
+#: How long QEMU may take to create its sockets.
+SOCKET_WAIT = 10.0
 
 # The parent-death signal fires when the *thread* that forked the child exits,
 # so a VM started from a short-lived thread would die with that thread. All
@@ -69,3 +79,79 @@ def spawn(
         )
 
     return _spawner.submit(start).result()
+
+
+class QemuProcess:
+    """One running QEMU: its process, its QMP session and the events QMP reports.
+
+    :meth:`start` spawns it with QMP listeners registered from the first
+    moment; :meth:`connect_qmp` starts the session; :meth:`stop` is the
+    shutdown escalation (QMP ``quit``, wait, SIGKILL); :meth:`kill` ends it at once.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], qmp: QMPConnection) -> None:
+        self.process = process
+        self.qmp = qmp
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        stderr: IO[bytes],
+        env: Mapping[str, str],
+        pass_fds: Collection[int] = (),
+        events: Mapping[str, EventCallback] | None = None,
+    ) -> QemuProcess:
+        """Spawn QEMU on *argv* (see :func:`spawn`), listening for QMP *events*."""
+        process = spawn(argv, stderr=stderr, env=env, pass_fds=pass_fds)
+        qmp = QMPConnection(f"vm-{process.pid}")
+        for name, callback in (events or {}).items():
+            qmp.on_events([name], callback)
+        return cls(process, qmp)
+
+    def connect_qmp(self, socket_path: Path, wait: float) -> None:
+        """Connect to QEMU's QMP socket, retrying for *wait* seconds while QEMU runs."""
+        connection = connect_unix(socket_path, time.monotonic() + wait, self.is_running)
+        self.qmp.connect(connection, wait)
+
+    @property
+    def pid(self) -> int:
+        """QEMU's process id."""
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """QEMU's exit status once it has exited, else None."""
+        return self.process.poll()
+
+    def is_running(self) -> bool:
+        """Whether QEMU is alive."""
+        return self.process.poll() is None
+
+    def has_exited(self, grace: float = 1.0) -> bool:
+        """Whether QEMU has exited, allowing *grace* seconds for an exit already under way."""
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def execute(self, command: str, arguments: dict[str, object] | None, timeout: float) -> Any:
+        """Run a QMP command (see :meth:`QMPConnection.execute`)."""
+        return self.qmp.execute(command, arguments, timeout)
+
+    def stop(self, timeout: float) -> None:
+        """QMP ``quit``, then wait up to *timeout* for QEMU to exit; :meth:`kill` after."""
+        if self.is_running():
+            with contextlib.suppress(Exception):
+                self.qmp.execute("quit", None, timeout=min(timeout, 5.0))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """End QEMU with SIGKILL and close the QMP session. Idempotent."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.qmp.close()

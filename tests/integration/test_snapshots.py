@@ -11,9 +11,9 @@ import pytest
 
 from pytest_qemu import VM, ArbitraryArgs, Disk, Network, P9Directory, VirtioRandom, VMFactory
 from pytest_qemu.devices.base import Device
+from pytest_qemu.errors import SnapshotWarning
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.snapshot import SnapshotStore
-from pytest_qemu.vm.snapshotting import SnapshotWarning
 
 pytestmark = pytest.mark.vm
 

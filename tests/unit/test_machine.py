@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pytest_qemu import VM, MachineSpec
-from pytest_qemu.vm import machine, rundir, snapshotting
+from pytest_qemu.vm import rundir
+from pytest_qemu.vm.start import template
 
 
 def dead_pid() -> int:
@@ -34,7 +35,7 @@ def test_socket_directories_of_killed_processes_are_swept(
     finally:
         vm.kill()
         mine.rmdir()
-    assert not any(Path(tempfile.gettempdir()).glob(f"{vm._socket_dir.name}"))
+    assert not any(Path(tempfile.gettempdir()).glob(f"{vm.files.socket_dir.name}"))
 
 
 class _InterruptedSave:
@@ -59,17 +60,11 @@ def test_ctrl_c_during_a_snapshot_save_leaves_no_partial_file(tmp_path: Path) ->
     from pytest_qemu.vm.snapshot import SnapshotStore
 
     snapshot = SnapshotStore(tmp_path / "snapshots").get("key")
-    vm = VM(MachineSpec(kernel=tmp_path / "vmlinux"), log_dir=tmp_path / "logs")
-    finished = subprocess.Popen(["true"])
-    finished.wait()
-    vm._launched = machine._Launch(finished, _InterruptedSave(snapshot.partial_path()))  # type: ignore[arg-type]
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            snapshotting._save(vm, snapshot, snapshot.partial_ram_path(), [])
-        assert not snapshot.partial_path().exists()
-        assert not snapshot.exists()
-    finally:
-        vm.kill()
+    qmp = _InterruptedSave(snapshot.partial_path())
+    with pytest.raises(KeyboardInterrupt):
+        template.save(qmp, snapshot, snapshot.partial_ram_path(), tmp_path / "console.log", [])
+    assert not snapshot.partial_path().exists()
+    assert not snapshot.exists()
 
 
 def test_only_run_directories_of_gone_processes_are_swept(

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from pytest_qemu.plugin.session import _prepare_ahead_depth
-from pytest_qemu.vm.pool import VMPool
+from pytest_qemu.vm.start.prepared import VMPool
 
 
 class StandInVM:

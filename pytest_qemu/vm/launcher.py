@@ -1,0 +1,176 @@
+"""What a start strategy drives: one VM's QEMU launches and getting its guest ready.
+
+Modelled on QEMU's own ``QEMUMachine``: :meth:`Launcher.launch` runs the
+override points :meth:`~Launcher._pre_launch` (a fresh console log, QEMU's
+environment) and :meth:`~Launcher._post_launch` (the QMP session, listening for
+the channel's port events) around the spawn. Each launch gets a fresh command
+channel, since a restore that fails falls back to a boot in a second process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.errors import SetupError, VMExited
+from pytest_qemu.guests.base import Guest
+from pytest_qemu.vm import readiness
+from pytest_qemu.vm.commands import GuestCommands
+from pytest_qemu.vm.console import Console
+from pytest_qemu.vm.diagnose import failure_report
+from pytest_qemu.vm.plan import LaunchPlan
+from pytest_qemu.vm.process import SOCKET_WAIT, QemuProcess
+from pytest_qemu.vm.qmp import EventCallback
+from pytest_qemu.vm.rundir import RunFiles
+from pytest_qemu.vm.transcript import Transcript
+
+
+class Launcher:
+    """Launches QEMU for one VM and gets its guest ready (see the module's docstring).
+
+    It holds the VM's current :class:`QemuProcess` and command channel; the
+    VM's files, console and transcript are the VM's, lent to it.
+    """
+
+    def __init__(
+        self,
+        guest: Guest,
+        plan: LaunchPlan,
+        files: RunFiles,
+        console: Console,
+        transcript: Transcript,
+        channel: CommandChannel,
+        boot_timeout: float,
+        kill: Callable[[], None],
+    ) -> None:
+        self.guest = guest
+        self.plan = plan
+        self.files = files
+        self.console = console
+        self.transcript = transcript
+        self.boot_timeout = boot_timeout
+        #: The channel of the current launch.
+        self.channel = channel
+        #: The current QEMU process (None before the first launch).
+        self.process: QemuProcess | None = None
+        #: The command line of the current launch.
+        self.argv: list[str] = list(plan.boot.argv)
+        #: What the guest reported of its boot-time setup ("0": done, "-": none).
+        self.boot_setup_status = "-"
+        #: The guest's commands, through :attr:`channel`; *kill* ends the VM.
+        self.commands = GuestCommands(self, kill)
+
+    def launch(
+        self,
+        argv: list[str],
+        console_prefix: Path | None = None,
+        pass_fds: Sequence[int] = (),
+        events: Mapping[str, EventCallback] | None = None,
+    ) -> QemuProcess:
+        """Start QEMU on *argv* and connect to its QMP socket.
+
+        *console_prefix* starts the console log (a clone's starts with its
+        template's boot); *pass_fds* are inherited by QEMU; *events* are QMP
+        events listened for from the first moment of the session.
+        """
+        self.argv = argv
+        environment = self._pre_launch(console_prefix)
+        with self.files.stderr_log.open("wb") as stderr:
+            try:
+                events = {**self._channel_events(), **(events or {})}
+                self.process = QemuProcess.start(argv, stderr, environment, pass_fds, events)
+            except FileNotFoundError:
+                raise SetupError(
+                    f"QEMU binary {argv[0]!r} was not found: install it with `apt-get install "
+                    f"{self.plan.spec.platform.qemu_package}` or pass --qemu-binary"
+                ) from None
+        self._post_launch(self.process)
+        return self.process
+
+    def _pre_launch(self, console_prefix: Path | None) -> dict[str, str]:
+        """Before QEMU starts: a fresh console log; returns QEMU's environment."""
+        with self.files.paths.console_log.open("wb") as console:
+            if console_prefix is not None:
+                with contextlib.suppress(OSError):
+                    console.write(console_prefix.read_bytes())
+                console.write(b"\n[pytest-qemu: restored from a snapshot]\n")
+        # QEMU puts the throwaway overlays of disks (snapshot=on) in TMPDIR: keep them
+        # with the VM's sockets, removed at teardown.
+        return {**os.environ, "TMPDIR": str(self.files.socket_dir)}
+
+    def _post_launch(self, process: QemuProcess) -> None:
+        """Once QEMU runs: its QMP session."""
+        try:
+            process.connect_qmp(self.files.paths.qmp_socket, SOCKET_WAIT)
+        except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
+            raise self.start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
+
+    def _channel_events(self) -> dict[str, EventCallback]:
+        """The QMP events the channel hears of: its serial port opening and closing."""
+        channel = self.channel
+        if channel.serial_port_id is None:
+            return {}
+
+        def port_changed(_name: str, data: dict[str, Any]) -> None:
+            if data.get("id") == channel.serial_port_id:
+                channel.guest_port_changed(bool(data.get("open")))
+
+        return {"VSERPORT_CHANGE": port_changed}
+
+    def wait_until_ready(self, deadline: float, resumed: bool) -> None:
+        """Connect the channel and wait for the guest (see :func:`readiness.wait_until_ready`)."""
+        self.boot_setup_status = readiness.wait_until_ready(self, deadline, resumed)
+
+    def personalise(self, restored: bool) -> None:
+        """Give the guest its own clock, entropy and settings (:func:`readiness.personalise`)."""
+        readiness.personalise(self, restored)
+
+    def check_boot_setup(self) -> None:
+        """Fail if the guest could not apply its settings at boot."""
+        readiness.check_boot_setup(self, self.boot_setup_status)
+
+    def stop_process(self) -> None:
+        """Kill the current QEMU and close its channel; the next launch gets a new channel."""
+        if self.process is not None:
+            self.process.kill()
+        self.channel.close()
+        # A fresh channel for a second launch (a restore that fell back to a boot).
+        self.channel = self.guest.channel(self.files.socket_dir)
+        self.files.remove_sockets()
+
+    def is_running(self) -> bool:
+        """Whether the current QEMU is alive."""
+        return self.process is not None and self.process.is_running()
+
+    def has_exited(self) -> bool:
+        """Whether QEMU has exited, allowing a moment for an exit already under way."""
+        return self.process is not None and self.process.has_exited()
+
+    def stderr_tail(self) -> str:
+        """The end of what QEMU wrote to its stderr (its error messages)."""
+        try:
+            return self.files.stderr_log.read_text(errors="replace").strip()[-3000:]
+        except OSError:
+            return ""
+
+    def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
+        """*headline* and what is needed to debug it (see :func:`diagnose.failure_report`)."""
+        return failure_report(
+            headline,
+            argv=argv or self.argv,
+            status=self.process.returncode if self.process is not None else None,
+            stderr=self.stderr_tail(),
+            stderr_log=self.files.stderr_log,
+            console_tail=self.console.tail(30),
+            console_log=self.files.paths.console_log,
+        )
+
+    def start_failure(self, headline: str) -> VMExited:
+        """The error of a start that failed at *headline*, saying whether QEMU exited."""
+        if self.has_exited():
+            headline = f"QEMU exited while the VM was starting: {headline}"
+        return VMExited(self.failure_report(headline))
