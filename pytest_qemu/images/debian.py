@@ -35,28 +35,33 @@ from pathlib import Path
 
 from pytest_qemu.cache import build_lock, cache_key, default_cache_dir
 from pytest_qemu.errors import SetupError
+from pytest_qemu.platforms import Platform, get_platform
 
 logger = logging.getLogger(__name__)
 
-#: What the image is made of: a systemd system the guest agent and devices work in.
+#: What the image is made of: a systemd system the guest agent and devices work in (and
+#: the platform's kernel package).
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
     "qemu-guest-agent",
-    "linux-image-amd64",
     "udev",
     "kmod",
     "iproute2",
 )
 SUITE = "bookworm"
-ARCHITECTURE = "amd64"
 #: Bump when the recipe changes in a way the key below does not capture.
 FORMAT_VERSION = 1
 DISK_SIZE = "2G"
 HOSTNAME = "pytest-qemu"
-#: Direct kernel boot: the root file system is the whole disk, the console the first serial
-#: port. "quiet" (errors only) saves about 0.6 s of emulated serial output per boot; a
-#: panic reboots at once, which ends QEMU under -no-reboot instead of hanging the test.
-KERNEL_ARGS: tuple[str, ...] = ("root=/dev/vda", "rw", "console=ttyS0", "quiet", "panic=-1")
+
+
+def kernel_args(platform: Platform) -> tuple[str, ...]:
+    """Direct kernel boot: the root file system is the whole disk, the console the
+    platform's serial port. "quiet" (errors only) saves about 0.6 s of emulated serial
+    output per boot; a panic reboots at once, which ends QEMU under -no-reboot instead of
+    hanging the test."""
+    return ("root=/dev/vda", "rw", f"console={platform.console}", "quiet", "panic=-1")
+
 
 #: The modules the initramfs needs to mount the root disk (everything else loads from the
 #: image): it unpacks and runs 3 s faster under emulation than Debian's default of every
@@ -113,7 +118,7 @@ class DebianImage:
     Attach ``disk`` as the first virtio disk (``/dev/vda``) behind an overlay
     (``snapshot=on`` or a qcow2 overlay: the cached file is shared) and boot
     ``kernel`` with ``initramfs`` and ``kernel_args``. The guest logs root in
-    on ``ttyS0`` (``root_password`` is empty) and starts ``qemu-guest-agent``
+    on its serial console (``root_password`` is empty) and starts ``qemu-guest-agent``
     when its virtio-serial port ``org.qemu.guest_agent.0`` appears.
     """
 
@@ -128,38 +133,42 @@ class DebianImage:
     disk_size: int
 
 
-def image_key(packages: Sequence[str]) -> str:
+def image_key(packages: Sequence[str], platform: Platform) -> str:
     """The cache key of an image: everything that decides its content."""
     return cache_key(
         [
             f"format {FORMAT_VERSION}",
             SUITE,
-            ARCHITECTURE,
+            platform.debian_arch,
             DISK_SIZE,
             HOSTNAME,
             " ".join(sorted(set(packages))),
             " ".join(INITRAMFS_MODULES),
             " ".join(MASKED_UNITS),
             " ".join(_DPKG_EXCLUDES),
-            " ".join(KERNEL_ARGS),
+            " ".join(kernel_args(platform)),
             _AUTOLOGIN,
         ]
     )
 
 
 def build_debian_image(
-    cache_dir: Path | None = None, packages: Sequence[str] = DEFAULT_PACKAGES
+    cache_dir: Path | None = None,
+    packages: Sequence[str] = DEFAULT_PACKAGES,
+    platform: Platform | None = None,
 ) -> DebianImage:
-    """Return the cached Debian image with *packages*, building it first if needed.
+    """Return the cached Debian image of *platform* (the host's architecture if None) with
+    *packages* and the platform's kernel, building it first if needed.
 
     Raises :class:`~pytest_qemu.errors.SetupError`, saying what to run, when a
     tool is missing, the build is not run as root or the mirror cannot be reached.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    packages = tuple(packages)
+    platform = platform or get_platform()
+    packages = tuple(dict.fromkeys((*packages, platform.kernel_package)))
     _check_packages(packages)
     images = cache_dir / "images"
-    final = images / f"debian-{SUITE}-{ARCHITECTURE}-{image_key(packages)}"
+    final = images / f"debian-{SUITE}-{platform.debian_arch}-{image_key(packages, platform)}"
     if (final / _MANIFEST).exists():
         return _load(final)
     images.mkdir(parents=True, exist_ok=True)
@@ -176,7 +185,7 @@ def build_debian_image(
         # apt downloads as its unprivileged user, which must reach the tree being built.
         work.chmod(0o755)
         try:
-            _build(work, packages)
+            _build(work, packages, platform)
             # One rename publishes the whole directory: nobody sees half an image.
             os.rename(work / "out", final)
         finally:
@@ -265,8 +274,10 @@ def _apt_proxy_options() -> list[str]:
     return options
 
 
-def mmdebstrap_command(packages: Sequence[str], root: Path, sources: Sequence[str]) -> list[str]:
-    """The ``mmdebstrap`` command that installs *packages* into *root*."""
+def mmdebstrap_command(
+    packages: Sequence[str], root: Path, sources: Sequence[str], platform: Platform
+) -> list[str]:
+    """The ``mmdebstrap`` command that installs *platform*'s *packages* into *root*."""
     # Before the kernel is installed, so that its postinst builds the small initramfs.
     modules = "\\n".join(INITRAMFS_MODULES)
     initramfs_hook = (
@@ -280,7 +291,7 @@ def mmdebstrap_command(packages: Sequence[str], root: Path, sources: Sequence[st
         "--format=directory",
         "--variant=minbase",
         f"--include={','.join(packages)}",
-        f"--architectures={ARCHITECTURE}",
+        f"--architectures={platform.debian_arch}",
         *(f"--dpkgopt={option}" for option in _DPKG_EXCLUDES),
         *_apt_proxy_options(),
         f"--essential-hook={initramfs_hook}",
@@ -290,9 +301,9 @@ def mmdebstrap_command(packages: Sequence[str], root: Path, sources: Sequence[st
     ]
 
 
-def configure_root(root: Path) -> None:
+def configure_root(root: Path, platform: Platform) -> None:
     """Make the installed system *root* a test VM: autologin, no password, fast boot."""
-    dropin = root / "etc/systemd/system/serial-getty@ttyS0.service.d"
+    dropin = root / f"etc/systemd/system/serial-getty@{platform.console}.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "autologin.conf").write_text(_AUTOLOGIN)
     shadow = root / "etc/shadow"
@@ -334,7 +345,7 @@ def _run_step(name: str, command: list[str], timeout: float, advice: str) -> flo
     return seconds
 
 
-def _build(work: Path, packages: Sequence[str]) -> None:
+def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
     started = time.monotonic()
     root, out, raw = work / "root", work / "out", work / "disk.raw"
     out.mkdir()
@@ -343,14 +354,14 @@ def _build(work: Path, packages: Sequence[str]) -> None:
     mirrors = ", ".join(sources) if sources else "deb.debian.org (mmdebstrap's default)"
     steps["mmdebstrap"] = _run_step(
         "mmdebstrap",
-        mmdebstrap_command(packages, root, sources),
+        mmdebstrap_command(packages, root, sources, platform),
         _MMDEBSTRAP_TIMEOUT,
         f"check that `sudo apt-get update` reaches the Debian mirror ({mirrors}) and that "
         "the packages exist in Debian 12, then run the tests again",
     )
     step = time.monotonic()
-    configure_root(root)
-    kernel, initramfs = _boot_files(root)
+    configure_root(root, platform)
+    kernel, initramfs = _boot_files(root, platform)
     shutil.copyfile(kernel, out / "vmlinuz")
     shutil.copyfile(initramfs, out / "initrd.img")
     steps["configure"] = time.monotonic() - step
@@ -372,9 +383,9 @@ def _build(work: Path, packages: Sequence[str]) -> None:
     disk_size = (out / "disk.qcow2").stat().st_size
     manifest = {
         "suite": SUITE,
-        "architecture": ARCHITECTURE,
+        "architecture": platform.debian_arch,
         "packages": list(packages),
-        "kernel_args": list(KERNEL_ARGS),
+        "kernel_args": list(kernel_args(platform)),
         "kernel_release": kernel.name.removeprefix("vmlinuz-"),
         "sources": sources,
         "build_seconds": round(build_seconds, 2),
@@ -394,13 +405,13 @@ def _build(work: Path, packages: Sequence[str]) -> None:
     )
 
 
-def _boot_files(root: Path) -> tuple[Path, Path]:
+def _boot_files(root: Path, platform: Platform) -> tuple[Path, Path]:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initramfs = sorted((root / "boot").glob("initrd.img-*"))
     if len(kernels) != 1 or len(initramfs) != 1:
         raise SetupError(
             f"building the Debian test image: expected one kernel and one initramfs in "
-            f"/boot, found {[p.name for p in kernels + initramfs]}: is linux-image-{ARCHITECTURE} "
+            f"/boot, found {[p.name for p in kernels + initramfs]}: is {platform.kernel_package} "
             "among the packages?"
         )
     return kernels[0], initramfs[0]

@@ -9,7 +9,7 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pytest_qemu.channels.base import (
     AgentGone,
@@ -36,9 +36,33 @@ from pytest_qemu.errors import (
 )
 
 if TYPE_CHECKING:
-    from pytest_qemu.vm.launcher import Launcher
+    from pytest_qemu.channels.base import CommandChannel
+    from pytest_qemu.guests.base import Guest
+    from pytest_qemu.vm.process import QemuProcess
+    from pytest_qemu.vm.rundir import RunFiles
+    from pytest_qemu.vm.transcript import Transcript
 
 T = TypeVar("T")
+
+
+class Target(Protocol):
+    """What commands need of a VM's launcher (:class:`~pytest_qemu.vm.launcher.Launcher`)."""
+
+    guest: Guest
+    files: RunFiles
+    transcript: Transcript
+    channel: CommandChannel
+    process: QemuProcess | None
+
+    def is_running(self) -> bool:
+        """Whether QEMU is alive."""
+
+    def has_exited(self) -> bool:
+        """Whether QEMU has exited (allowing a moment for an exit under way)."""
+
+    def failure_report(self, headline: str, argv: list[str] | None = None) -> str:
+        """*headline* and what is needed to debug it."""
+
 
 _EXCERPT_LIMIT = 10_000
 
@@ -46,11 +70,12 @@ _EXCERPT_LIMIT = 10_000
 class GuestCommands:
     """The commands of one VM, sent one at a time through its launcher's channel.
 
-    *kill* ends the VM: a guest that stops answering, or a QEMU that exited,
-    leaves nothing to keep.
+    *launcher* is the VM's launcher (its channel, process and reports); *kill*
+    ends the VM: a guest that stops answering, or a QEMU that exited, leaves
+    nothing to keep.
     """
 
-    def __init__(self, launcher: Launcher, kill: Callable[[], None]) -> None:
+    def __init__(self, launcher: Target, kill: Callable[[], None]) -> None:
         self._launcher = launcher
         self._kill = kill
         self._lock = threading.Lock()
@@ -332,7 +357,7 @@ class CommandMethods:
         return self.commands.kernel_log(timeout)
 
 
-def require_running(launcher: Launcher, action: str) -> None:
+def require_running(launcher: Target, action: str) -> None:
     """Raise :class:`VMExited` if the VM is not running, to *action*."""
     if not launcher.is_running():
         raise VMExited(launcher.failure_report(f"cannot {action}: the VM is not running"))

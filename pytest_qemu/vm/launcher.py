@@ -1,4 +1,5 @@
-"""What a start strategy drives: one VM's QEMU launches and getting its guest ready.
+"""What a start strategy drives: one VM's QEMU launches (the guest is then made ready by
+:mod:`~pytest_qemu.vm.readiness`).
 
 Modelled on QEMU's own ``QEMUMachine``: :meth:`Launcher.launch` runs the
 override points :meth:`~Launcher._pre_launch` (a fresh console log, QEMU's
@@ -18,7 +19,6 @@ from typing import Any
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.errors import SetupError, VMExited
 from pytest_qemu.guests.base import Guest
-from pytest_qemu.vm import readiness
 from pytest_qemu.vm.commands import GuestCommands
 from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.diagnose import failure_report
@@ -59,8 +59,6 @@ class Launcher:
         self.process: QemuProcess | None = None
         #: The command line of the current launch.
         self.argv: list[str] = list(plan.boot.argv)
-        #: What the guest reported of its boot-time setup ("0": done, "-": none).
-        self.boot_setup_status = "-"
         #: The guest's commands, through :attr:`channel`; *kill* ends the VM.
         self.commands = GuestCommands(self, kill)
 
@@ -120,18 +118,6 @@ class Launcher:
                 channel.guest_port_changed(bool(data.get("open")))
 
         return {"VSERPORT_CHANGE": port_changed}
-
-    def wait_until_ready(self, deadline: float, resumed: bool) -> None:
-        """Connect the channel and wait for the guest (see :func:`readiness.wait_until_ready`)."""
-        self.boot_setup_status = readiness.wait_until_ready(self, deadline, resumed)
-
-    def personalise(self, restored: bool) -> None:
-        """Give the guest its own clock, entropy and settings (:func:`readiness.personalise`)."""
-        readiness.personalise(self, restored)
-
-    def check_boot_setup(self) -> None:
-        """Fail if the guest could not apply its settings at boot."""
-        readiness.check_boot_setup(self, self.boot_setup_status)
 
     def stop_process(self) -> None:
         """Kill the current QEMU and close its channel; the next launch gets a new channel."""

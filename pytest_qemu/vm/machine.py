@@ -67,6 +67,8 @@ class VM(CommandMethods):
                 device.release()
             self.files.remove()
             raise
+        #: How it is launched: command line, template (``plan.snapshot``), why it boots.
+        self.plan = plan
         #: What happened to this VM, in order (also in ``transcript.log`` beside the console).
         self.transcript = Transcript(self.files.transcript_log)
         paths = self.files.paths
@@ -76,21 +78,17 @@ class VM(CommandMethods):
         )
         #: The guest's commands (:meth:`run`, :meth:`check`...), through its channel.
         self.commands: GuestCommands = self._launcher.commands
-        #: QEMU's command line (a clone's, once it started from a template).
-        self.argv: list[str] = list(plan.boot.argv)
-        #: The kernel command line.
-        self.kernel_args: list[str] = plan.boot.kernel_args
-        #: Why this VM boots instead of being cloned from a template (None if cloned).
+        #: QEMU's command line (a clone's, once started) and the kernel's.
+        self.argv, self.kernel_args = list(plan.boot.argv), plan.boot.kernel_args
+        #: Why it booted instead of being cloned (None if cloned); the template it was
+        #: cloned from (None if it booted); whether its start built that template.
         self.boot_reason: str | None = plan.boot_reason
-        #: The template this VM was cloned from, or None if it booted.
         self.restored_from: Path | None = None
-        #: Whether this VM's start built the template it was cloned from.
         self.built_template = False
         #: Seconds from :meth:`start` until the VM was ready for commands.
         self.boot_seconds: float | None = None
         self._lifecycle_lock = threading.Lock()
-        self._started = False
-        self._stopped = False
+        self._started = self._stopped = False
 
     @concise_traceback
     def start(self) -> VM:
@@ -101,7 +99,7 @@ class VM(CommandMethods):
         started = time.monotonic()
         _live_vms.add(self)
         try:
-            outcome = strategy_for(self._launcher.plan).start(self._launcher, started)
+            outcome = strategy_for(self.plan).start(self._launcher, started)
         except BaseException as error:
             self.transcript.add(
                 f"start failed after {time.monotonic() - started:.3f} s: "
@@ -109,10 +107,8 @@ class VM(CommandMethods):
             )
             self.kill()
             raise
-        self.argv = outcome.argv
-        self.restored_from = outcome.restored_from
-        self.built_template = outcome.built_template
-        self.boot_reason = outcome.boot_reason
+        self.argv, self.restored_from = outcome.argv, outcome.restored_from
+        self.built_template, self.boot_reason = outcome.built_template, outcome.boot_reason
         self.boot_seconds = time.monotonic() - started
         how = (
             f"cloned from template {self.restored_from.name}"
@@ -147,8 +143,7 @@ class VM(CommandMethods):
         self._post_shutdown()
 
     def _post_shutdown(self) -> None:
-        """After QEMU is gone for good: close the connections, give back what the devices
-        leased, remove the VM's private directory."""
+        """Once QEMU is gone: close the connections, free the devices' leases and files."""
         self._launcher.channel.close()
         self.console.close()
         for device in self.spec.devices:

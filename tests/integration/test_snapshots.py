@@ -82,7 +82,7 @@ def test_shared_directories_are_mounted_after_restore(start_vm: StartVM, tmp_pat
 
 def test_a_broken_snapshot_is_rebuilt(start_vm: StartVM) -> None:
     first = start_vm([VirtioRandom()])
-    snapshot = first._snapshot
+    snapshot = first.plan.snapshot
     assert snapshot is not None and snapshot.exists()
     snapshot.state.write_bytes(b"not a migration stream")
     with pytest.warns(SnapshotWarning, match="cloning snapshot .* failed"):
@@ -96,7 +96,7 @@ def test_a_broken_snapshot_is_rebuilt(start_vm: StartVM) -> None:
 
 def test_an_empty_snapshot_is_discarded_and_rebuilt_once(start_vm: StartVM, tmp_path: Path) -> None:
     first = start_vm([VirtioRandom()])
-    snapshot = first._snapshot
+    snapshot = first.plan.snapshot
     assert snapshot is not None and snapshot.exists()
     # What a writer killed before its first byte leaves behind.
     snapshot.state.write_bytes(b"")
@@ -134,7 +134,7 @@ def _with_one_partition(size: int) -> bytes:
 
 def test_clones_never_write_to_their_template(start_vm: StartVM) -> None:
     first = start_vm([VirtioRandom()])
-    snapshot = first._snapshot
+    snapshot = first.plan.snapshot
     assert snapshot is not None
     before = hashlib.sha256(snapshot.ram.read_bytes()).hexdigest()
     # Fill most of the guest's free memory, in two clones at once.

@@ -24,6 +24,7 @@ from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, SnapshotWarning, VMError, VMExited
 from pytest_qemu.guests.overlays import create_overlay
 from pytest_qemu.sockets import listen_unix
+from pytest_qemu.vm import readiness
 from pytest_qemu.vm.argv import incoming_uri
 from pytest_qemu.vm.diagnose import user_error
 from pytest_qemu.vm.process import QemuProcess
@@ -125,7 +126,7 @@ def _clone(launcher: Launcher, snapshot: Snapshot) -> StartOutcome | str:
             except (QMPError, OSError, TimeoutError) as error:
                 raise _RestoreFailed(f"QEMU refused the saved state ({error})") from None
         _wait_until_restored(process, resumed, deadline)
-        launcher.wait_until_ready(deadline, resumed=True)
+        readiness.wait_until_ready(launcher, deadline, resumed=True)
     except (_RestoreFailed, VMError, OSError) as error:
         stderr = launcher.stderr_tail()
         launcher.stop_process()
@@ -135,7 +136,7 @@ def _clone(launcher: Launcher, snapshot: Snapshot) -> StartOutcome | str:
             ) from None
         return _give_up_clone(snapshot, switched, error, stderr)
     snapshot.mark_used()
-    launcher.personalise(restored=True)
+    readiness.personalise(launcher, restored=True)
     return StartOutcome(argv, restored_from=snapshot.state)
 
 

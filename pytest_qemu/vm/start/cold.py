@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pytest_qemu.vm import readiness
 from pytest_qemu.vm.start.base import StartOutcome, StartStrategy
 
 if TYPE_CHECKING:
@@ -24,9 +25,9 @@ class ColdBoot(StartStrategy):
     def start(self, launcher: Launcher, started: float) -> StartOutcome:
         argv = list(launcher.plan.boot.argv)
         launcher.launch(argv)
-        launcher.wait_until_ready(started + launcher.boot_timeout, resumed=False)
+        status = readiness.wait_until_ready(launcher, started + launcher.boot_timeout, False)
         if launcher.plan.setup_on_kernel_command_line:
-            launcher.check_boot_setup()
+            readiness.check_boot_setup(launcher, status)
         else:
-            launcher.personalise(restored=False)
+            readiness.personalise(launcher, restored=False)
         return StartOutcome(argv, boot_reason=self.reason)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from qemu.qmp import QMPError
 
 from pytest_qemu.errors import SnapshotWarning
+from pytest_qemu.vm import readiness
 from pytest_qemu.vm.snapshot import Snapshot
 from pytest_qemu.vm.start.base import StartOutcome
 
@@ -49,7 +50,7 @@ def build_template(launcher: Launcher, snapshot: Snapshot, started: float) -> St
     )
     try:
         process = launcher.launch(argv)
-        launcher.wait_until_ready(started + launcher.boot_timeout, resumed=False)
+        readiness.wait_until_ready(launcher, started + launcher.boot_timeout, resumed=False)
         launcher.channel.settle(started + launcher.boot_timeout)
         disks = [path for device in launcher.plan.spec.devices if (path := device.template_file())]
         if save(process, snapshot, partial_ram, launcher.files.paths.console_log, disks):
@@ -58,7 +59,7 @@ def build_template(launcher: Launcher, snapshot: Snapshot, started: float) -> St
             return None
         # Unlinked, the file stays mapped by this VM alone.
         partial_ram.unlink(missing_ok=True)
-        launcher.personalise(restored=False)
+        readiness.personalise(launcher, restored=False)
         return StartOutcome(
             argv, boot_reason="the template could not be saved (see the SnapshotWarning)"
         )
