@@ -16,7 +16,7 @@ from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.options import optional_str
-from pytest_qemu.plugin.session import QemuSession, pytest_basetemp
+from pytest_qemu.plugin.session import QemuSession, basetemp_of
 from pytest_qemu.vm.argv import MachineSpec, check_cpus, check_devices, check_memory
 from pytest_qemu.vm.machine import VM
 from pytest_qemu.vm.snapshot import SnapshotStore
@@ -81,7 +81,7 @@ class VMFactory:
         holds VMs prepared ahead (``--qemu-prepare-ahead``).
         """
         session = QemuSession.of(config)
-        basetemp = pytest_basetemp(config)
+        basetemp = basetemp_of(config)
         return cls(
             session,
             log_root,

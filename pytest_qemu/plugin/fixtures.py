@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,14 +11,8 @@ import pytest
 
 from pytest_qemu.errors import QemuError
 from pytest_qemu.plugin.options import optional_str
-from pytest_qemu.plugin.session import (
-    QemuSession,
-    log_root_for,
-    marker_options,
-    next_test_wants_the_same_vm,
-    snapshots_wanted,
-)
-from pytest_qemu.plugin.stash import factories_key, reports_key
+from pytest_qemu.plugin.session import QemuSession
+from pytest_qemu.plugin.stash import factories_key, next_item_key, reports_key
 
 # The rest is imported when a fixture runs: this module loads in every pytest run.
 if TYPE_CHECKING:
@@ -217,3 +212,50 @@ def qemu_network(request: pytest.FixtureRequest) -> Iterator[Network]:
         for factory in request.node.stash.get(factories_key, []):
             factory.close()
         network.close()
+
+
+# -- what the fixtures read of a test -------------------------------------------------------
+
+
+def snapshots_wanted(request: pytest.FixtureRequest) -> bool:
+    """False when the test is marked ``@pytest.mark.qemu(snapshot=False)``."""
+    marker = request.node.get_closest_marker("qemu")
+    return not (marker is not None and marker.kwargs.get("snapshot") is False)
+
+
+def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
+    """The VM options a test's ``qemu`` marker sets (``arch``, ``userland``...)."""
+    marker = request.node.get_closest_marker("qemu")
+    if marker is None:
+        return {}
+    return {
+        name: value
+        for name, value in marker.kwargs.items()
+        if name not in ("snapshot", "kernel_warnings")
+    }
+
+
+def next_test_wants_the_same_vm(request: pytest.FixtureRequest) -> bool:
+    """Whether the test after *request*'s (in this process) asks for ``qemu_vm`` too, with
+    the same ``qemu`` marker and architecture: its VM is then worth preparing ahead."""
+    item = request.node
+    following = item.stash.get(next_item_key, None)
+    if following is None or "qemu_vm" not in getattr(following, "fixturenames", ()):
+        return False
+
+    def settings_of(node: pytest.Item) -> tuple[object, object]:
+        marker = node.get_closest_marker("qemu")
+        callspec = getattr(node, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        return (
+            marker.kwargs if marker is not None else {},
+            (params.get("qemu_arch"), repr(params.get("qemu_devices"))),
+        )
+
+    return settings_of(item) == settings_of(following)
+
+
+def log_root_for(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -> Path:
+    """A fresh directory for the logs of the VMs of *request*'s test or fixture."""
+    name = re.sub(r"[^\w.-]", "_", request.node.name)[:30]
+    return factory.mktemp(f"qemu-{name}", numbered=True)

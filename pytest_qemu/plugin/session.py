@@ -1,5 +1,5 @@
 """Run-wide plugin state: settings, guests per architecture, accelerators, the pool of VMs
-prepared ahead; and what the fixtures read of a test (its marker, the next test)."""
+prepared ahead."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
-from pytest_qemu.plugin.stash import next_item_key, session_key
 from pytest_qemu.plugin.summary import RunStats
 from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
 
@@ -42,10 +41,10 @@ class QemuSession:
 
     @classmethod
     def of(cls, config: pytest.Config) -> QemuSession:
-        """The session of *config*'s run (made on first use)."""
-        if session_key not in config.stash:
-            config.stash[session_key] = cls(QemuSettings.from_config(config))
-        return config.stash[session_key]
+        """The session of *config*'s run (made on first use, kept in its stash)."""
+        if _session_key not in config.stash:
+            config.stash[_session_key] = cls(QemuSettings.from_config(config))
+        return config.stash[_session_key]
 
     def platform(self, arch: str | None = None) -> Platform:
         """The platform for *arch*, else the run's ``--qemu-arch``, else the host's."""
@@ -94,7 +93,7 @@ class QemuSession:
             if not self._pool_decided:
                 self._pool_decided = True
                 depth = _prepare_ahead_depth(self.settings.prepare_ahead, config)
-                basetemp = pytest_basetemp(config)
+                basetemp = basetemp_of(config)
                 if depth > 0 and basetemp is not None:
                     from pytest_qemu.vm.start.prepared import VMPool
 
@@ -118,6 +117,9 @@ class QemuSession:
         return SnapshotStore(self.cache_dir / "snapshots")
 
 
+#: The run's session, in the config's stash.
+_session_key = pytest.StashKey[QemuSession]()
+
 #: What ``auto`` prepares at most per process: more only holds memory on a big machine.
 _MOST_PREPARED_AHEAD = 4
 
@@ -137,56 +139,10 @@ def _prepare_ahead_depth(setting: str, config: pytest.Config) -> int:
     return min(_MOST_PREPARED_AHEAD, cpus // processes) if cpus > processes else 0
 
 
-def pytest_basetemp(config: pytest.Config) -> Path | None:
+def basetemp_of(config: pytest.Config) -> Path | None:
     """pytest's base temporary directory (holding every ``tmp_path``), or None outside a
     run with its tmp_path plugin."""
     # pytest keeps its TempPathFactory on the config; TempPathFactory.from_config would
     # make a second one, with a base directory of its own.
     factory: pytest.TempPathFactory | None = getattr(config, "_tmp_path_factory", None)
     return factory.getbasetemp() if factory is not None else None
-
-
-def snapshots_wanted(request: pytest.FixtureRequest) -> bool:
-    """False when the test is marked ``@pytest.mark.qemu(snapshot=False)``."""
-    marker = request.node.get_closest_marker("qemu")
-    return not (marker is not None and marker.kwargs.get("snapshot") is False)
-
-
-def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
-    """The VM options a test's ``qemu`` marker sets (``arch``, ``userland``...)."""
-    marker = request.node.get_closest_marker("qemu")
-    if marker is None:
-        return {}
-    return {
-        name: value
-        for name, value in marker.kwargs.items()
-        if name not in ("snapshot", "kernel_warnings")
-    }
-
-
-def next_test_wants_the_same_vm(request: pytest.FixtureRequest) -> bool:
-    """Whether the test after *request*'s (in this process) asks for ``qemu_vm`` too, with
-    the same ``qemu`` marker and architecture: its VM is then worth preparing ahead."""
-    item = request.node
-    following = item.stash.get(next_item_key, None)
-    if following is None or "qemu_vm" not in getattr(following, "fixturenames", ()):
-        return False
-
-    def settings_of(node: pytest.Item) -> tuple[object, object]:
-        marker = node.get_closest_marker("qemu")
-        callspec = getattr(node, "callspec", None)
-        params = callspec.params if callspec is not None else {}
-        return (
-            marker.kwargs if marker is not None else {},
-            (params.get("qemu_arch"), repr(params.get("qemu_devices"))),
-        )
-
-    return settings_of(item) == settings_of(following)
-
-
-def log_root_for(request: pytest.FixtureRequest, factory: pytest.TempPathFactory) -> Path:
-    """A fresh directory for the logs of the VMs of *request*'s test or fixture."""
-    import re
-
-    name = re.sub(r"[^\w.-]", "_", request.node.name)[:30]
-    return factory.mktemp(f"qemu-{name}", numbered=True)

@@ -1,4 +1,5 @@
-"""The keys under which the plugin keeps its state in pytest's stashes."""
+"""The keys under which the plugin keeps a test's state in pytest's item stashes (the run's
+:class:`~pytest_qemu.plugin.session.QemuSession` is kept by its own class)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_qemu.plugin.factory import VMFactory
-    from pytest_qemu.plugin.session import QemuSession  # noqa: F401 - named in a string
 
-#: The run's :class:`QemuSession` (in the config's stash).
-session_key = pytest.StashKey["QemuSession"]()
 #: The factories of a test's VMs (in the item's stash).
 factories_key = pytest.StashKey[list["VMFactory"]]()
 #: A test's reports so far, by phase ("setup", "call", "teardown").

@@ -20,8 +20,10 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pytest_qemu.vm.machine import VM
+if TYPE_CHECKING:
+    from pytest_qemu.vm.machine import VM
 
 #: Makes and starts a VM that logs to the given directory.
 VMStarter = Callable[[Path], VM]
