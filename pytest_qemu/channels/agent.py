@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from pytest_qemu.channels.base import (
+    REPLY_GRACE,
     AgentGone,
     ChannelClosed,
     CommandChannel,
@@ -64,8 +65,6 @@ _RESUMED_PING_INTERVAL = 0.01
 _RESUMED_FAST_PINGS_FOR = 2.0
 #: While booting, the agent announces itself; pings only cover a missed announcement.
 _BOOT_PING_INTERVAL = 1.0
-#: How long past its timeout a command's exit status may take before the guest is hung.
-_REPLY_GRACE = 10.0
 #: How long a restarted agent may take to come back before a request gives up.
 _COME_BACK_TIMEOUT = 10.0
 
@@ -258,7 +257,7 @@ class AgentChannel(CommandChannel):
             request.root or self.command_root,
         )
         started = time.monotonic()
-        deadline = None if request.timeout is None else started + request.timeout + _REPLY_GRACE
+        deadline = None if request.timeout is None else started + request.timeout + REPLY_GRACE
         self._send(first, encode_stream(FrameType.STDIN, pending.request_id, request.stdin))
         self._exchange(pending, deadline)
         result = CommandResult(

@@ -17,6 +17,9 @@ from typing import IO
 
 from pytest_qemu.channels.output import CommandOutput
 
+#: How long a request may go unanswered past its own timeout before the guest counts as hung.
+REPLY_GRACE = 10.0
+
 
 class ChannelError(Exception):
     """Root of the errors a channel raises; the VM turns each into a user-facing error."""

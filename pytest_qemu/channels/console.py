@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pytest_qemu.channels.base import (
+    REPLY_GRACE,
     ChannelClosed,
     CommandChannel,
     CommandRequest,
@@ -35,7 +36,6 @@ from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
 from pytest_qemu.sockets import connect_unix
 
 _PROBE_INTERVAL = 1.0
-_REPLY_GRACE = 10.0
 #: A login prompt ends the console's output (getty's "host login: " waiting for a name);
 #: "host login: root (automatic login)" is not one.
 _LOGIN_PROMPT = re.compile(rb"login:[ \t]*\Z")
@@ -166,7 +166,7 @@ class ConsoleChannel(CommandChannel):
         )
         started = time.monotonic()
         deadline = (
-            float("inf") if request.timeout is None else started + request.timeout + _REPLY_GRACE
+            float("inf") if request.timeout is None else started + request.timeout + REPLY_GRACE
         )
         self._send(script.encode())
         status_line = re.compile(rf"PQ_STATUS_{request_id}_(-?\d+)\r?\n".encode())

@@ -2,10 +2,10 @@
 
 QEMU connects the agent's virtio-serial port (``org.qemu.guest_agent.0``) to a
 UNIX socket; the host speaks QMP's JSON over it, without QMP's greeting and
-capability negotiation, through ``qemu.qmp``'s :class:`~qemu.qmp.QMPClient` on
-a private event loop thread. Commands run with ``guest-exec`` (its output
-arrives once it exits) and are polled with ``guest-exec-status``; files move
-with the ``guest-file-*`` commands.
+capability negotiation: one request per line, each reply matched to its request
+by ``id`` (:class:`AgentConnection`, on a private event loop thread). Commands run
+with ``guest-exec`` (its output arrives once it exits) and are polled with
+``guest-exec-status``; files move with the ``guest-file-*`` commands.
 
 QEMU accepts the socket connection before any agent reads it: what the host
 writes then waits, unread, until an agent opens the port. So every request
@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
+import contextlib
+import itertools
+import json
 import os
 import random
 import secrets
 import shlex
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qemu.qmp import ExecuteError, Message, QMPClient, QMPError
-
 from pytest_qemu.asyncloop import loop_thread
 from pytest_qemu.channels.base import (
+    REPLY_GRACE,
     AgentGone,
     ChannelClosed,
     CommandChannel,
@@ -57,8 +59,6 @@ _CLIENT_NAME = "pytest-qemu-qga"
 AGENT_OUTPUT_CAP = 16 * 1024 * 1024
 #: The longest line the host accepts: an exit status carrying both capped streams in base64.
 _READ_LIMIT = 64 * 1024 * 1024
-#: How long one request may go unanswered (past a command's timeout) before the guest is hung.
-_REPLY_GRACE = 10.0
 #: How long an agent that died may take to come back before a request gives up.
 _COME_BACK_TIMEOUT = 10.0
 #: While booting, a ``guest-sync`` every this many seconds; replies to any of them count.
@@ -81,43 +81,94 @@ DEFAULT_ENV = {
     "HOME": "/root",
 }
 
-# qemu.qmp logs a lost connection as an error, also when QEMU exits as expected;
-# every failure reaches the caller as an exception instead.
-logging.getLogger(f"qemu.qmp.protocol.{_CLIENT_NAME}").setLevel(logging.CRITICAL)
-
-
 _loop_thread = loop_thread
 
 
-class _AgentClient(QMPClient):
-    """A QMP client for the guest agent: no greeting, and tolerant of a resynchronised stream."""
+class AgentRefused(Exception):
+    """The guest agent answered a request with an error (its description is the message)."""
 
-    def __init__(self) -> None:
-        super().__init__(_CLIENT_NAME, readbuflen=_READ_LIMIT)
-        self.await_greeting = False
-        self.negotiate = False
 
-    def _cb_inbound(self, msg: Message) -> Message:
-        # The base class formats every message for a debug log, whatever the log level:
-        # a command's exit status can carry 45 MB of base64.
-        return msg
+class AgentConnection:
+    """Requests to the guest agent and its replies over the connected socket: a request
+    is a line of JSON with an ``id``, which the agent puts in its reply.
 
-    def _cb_outbound(self, msg: Message) -> Message:
-        return msg
+    A reply nobody waits for (to a request given up on), an event, and the agent's
+    complaint about the ``0xFF`` that resets its parser (an error without an ``id``)
+    are dropped. When the connection ends, every request waiting fails with
+    :class:`ConnectionError`. Used on the event loop's thread only.
+    """
 
-    async def _on_message(self, msg: Message) -> None:
-        if "event" not in msg and msg.get("id") not in self._pending:
-            # A late reply to a request given up on, or the agent's complaint about the
-            # 0xFF that resets its parser (an error without an id): both are expected.
-            # The base class would log the first and disconnect on the second.
-            return
-        await super()._on_message(msg)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._closed: str | None = None
+        self._receiving = asyncio.ensure_future(self._receive())
+
+    @classmethod
+    async def open(cls, connection: socket.socket) -> AgentConnection:
+        """Speak to the agent over *connection*, a connected UNIX socket."""
+        reader, writer = await asyncio.open_unix_connection(sock=connection, limit=_READ_LIMIT)
+        return cls(reader, writer)
+
+    async def execute(self, command: str, arguments: Mapping[str, object]) -> Any:
+        """Send *command* and return its reply's ``return``; :class:`AgentRefused` if the
+        agent refuses it, :class:`ConnectionError` if the connection ends first."""
+        if self._closed is not None:
+            raise ConnectionError(self._closed)
+        request_id = f"{_CLIENT_NAME}-{next(self._ids)}"
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = reply
+        request = {"execute": command, "arguments": dict(arguments), "id": request_id}
+        try:
+            self._writer.write(json.dumps(request).encode() + b"\n")
+            return await reply
+        finally:
+            self._pending.pop(request_id, None)
 
     def write_raw(self, data: bytes) -> None:
-        """Write *data* outside any message (the parser-reset byte)."""
-        if self._writer is None or self._writer.is_closing():
+        """Write *data* outside any request (the parser-reset byte)."""
+        if self._closed is not None or self._writer.is_closing():
             raise ChannelClosed("not connected to the guest agent")
         self._writer.write(data)
+
+    async def _receive(self) -> None:
+        reason = "the guest agent's connection closed"
+        try:
+            while line := await self._reader.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(message, dict):
+                    continue
+                reply = self._pending.get(str(message.get("id")))
+                if reply is None or reply.done():
+                    continue
+                if "error" in message:
+                    error = message["error"]
+                    description = error.get("desc") if isinstance(error, dict) else error
+                    reply.set_exception(AgentRefused(str(description)))
+                else:
+                    reply.set_result(message.get("return"))
+        except (OSError, ValueError) as error:  # ValueError: a line over the read limit
+            reason = f"{reason}: {error}"
+        finally:
+            self._closed = reason
+            for reply in self._pending.values():
+                if not reply.done():
+                    reply.set_exception(ConnectionError(reason))
+
+    async def close(self) -> None:
+        """End the connection. Idempotent."""
+        self._closed = self._closed or "closed"
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+        self._receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._receiving
 
 
 class GuestAgentChannel(CommandChannel):
@@ -137,7 +188,7 @@ class GuestAgentChannel(CommandChannel):
     def __init__(self, socket_dir: Path, serial_bus_device: str = "virtio-serial-pci") -> None:
         self.socket_path = socket_dir / "qga.sock"
         self._serial_bus_device = serial_bus_device
-        self._client: _AgentClient | None = None
+        self._client: AgentConnection | None = None
         # Set, on the loop's thread, when QEMU reports the guest closing the agent's port.
         self._lost: asyncio.Event | None = None
         self._events_lock = threading.Lock()
@@ -157,20 +208,18 @@ class GuestAgentChannel(CommandChannel):
 
     def connect(self, deadline: float, qemu_running: Callable[[], bool]) -> None:
         connection = connect_unix(self.socket_path, deadline, qemu_running)
-        client = _AgentClient()
 
-        async def start() -> None:
+        async def start() -> AgentConnection:
             self._lost = asyncio.Event()
             try:
-                await asyncio.wait_for(
-                    client.connect(connection), max(0.1, deadline - time.monotonic())
+                return await asyncio.wait_for(
+                    AgentConnection.open(connection), max(0.1, deadline - time.monotonic())
                 )
-            except (QMPError, OSError, asyncio.TimeoutError) as error:
+            except (OSError, asyncio.TimeoutError) as error:
                 connection.close()
                 raise ChannelClosed(f"cannot start talking to the guest agent: {error}") from None
 
-        _loop_thread.run(start())
-        self._client = client
+        self._client = _loop_thread.run(start())
         self._needs_sync = True
 
     def close(self) -> None:
@@ -178,7 +227,7 @@ class GuestAgentChannel(CommandChannel):
         if client is None:
             return
         try:
-            _loop_thread.run(asyncio.wait_for(client.disconnect(), 5))
+            _loop_thread.run(asyncio.wait_for(client.close(), 5))
         except Exception:
             pass
 
@@ -240,7 +289,7 @@ class GuestAgentChannel(CommandChannel):
                     if error is None and ping.result() == expected:
                         self._needs_sync = False
                         return
-                    if error is not None and not isinstance(error, ExecuteError):
+                    if error is not None and not isinstance(error, AgentRefused):
                         raise ChannelClosed(f"the guest agent's connection closed: {error}")
         finally:
             await _cancel(pings)
@@ -297,7 +346,7 @@ class GuestAgentChannel(CommandChannel):
             now = time.monotonic()
             if kill_at is not None and give_up_at is None and now >= kill_at:
                 await self._kill_process_group(pid)
-                give_up_at = time.monotonic() + _REPLY_GRACE
+                give_up_at = time.monotonic() + REPLY_GRACE
             status = await self._status(pid)
             if status.get("exited"):
                 break
@@ -305,7 +354,7 @@ class GuestAgentChannel(CommandChannel):
             if give_up_at is not None and now >= give_up_at:
                 raise NoReply(
                     f"{request.command!r} was killed at its timeout but had not ended "
-                    f"{_REPLY_GRACE:g} s later"
+                    f"{REPLY_GRACE:g} s later"
                 )
             pause = interval
             if kill_at is not None and give_up_at is None:
@@ -441,7 +490,7 @@ class GuestAgentChannel(CommandChannel):
 
     # -- the exchange -------------------------------------------------------------------------
 
-    def _require_client(self) -> _AgentClient:
+    def _require_client(self) -> AgentConnection:
         if self._client is None:
             raise ChannelClosed("not connected to the guest agent")
         return self._client
@@ -451,14 +500,14 @@ class GuestAgentChannel(CommandChannel):
     ) -> Any:
         """One request: its reply's ``return``, or a :class:`ChannelError`.
 
-        It fails with :class:`NoReply` after :data:`_REPLY_GRACE` seconds (or at
+        It fails with :class:`NoReply` after :data:`REPLY_GRACE` seconds (or at
         *deadline*), with :class:`AgentGone` as soon as QEMU reports the agent's
         port closed, and with :class:`RequestRefused` if the agent refuses it.
         """
         client = self._require_client()
         lost = self._lost
         assert lost is not None
-        timeout = _REPLY_GRACE
+        timeout = REPLY_GRACE
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
         call = asyncio.ensure_future(client.execute(command, arguments))
@@ -473,7 +522,7 @@ class GuestAgentChannel(CommandChannel):
             error = call.exception()
             if error is None:
                 return call.result()
-            if isinstance(error, ExecuteError):
+            if isinstance(error, AgentRefused):
                 raise RequestRefused(str(error))
             raise ChannelClosed(f"the guest agent's connection closed: {error}")
         if watch in done:

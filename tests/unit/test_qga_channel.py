@@ -368,7 +368,7 @@ def test_a_timeout_kills_the_process_group_and_keeps_the_output(
 def test_a_command_that_outlives_its_kill_means_a_hung_guest(
     channel: GuestAgentChannel, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pytest_qemu.channels.qga._REPLY_GRACE", 0.3)
+    monkeypatch.setattr("pytest_qemu.channels.qga.REPLY_GRACE", 0.3)
     agent.on_exec = lambda argv, process: process.update(exited=argv[0] == "/bin/sh")
     with pytest.raises(NoReply, match="had not ended"):
         run(channel, "unkillable", timeout=0.1)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pytest_qemu.vm.machine import VM
 
 #: Makes and starts a VM that logs to the given directory.
-VMStarter = Callable[[Path], VM]
+VMStarter = Callable[[Path], "VM"]
 
 
 class VMPool:
