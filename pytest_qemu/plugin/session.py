@@ -76,11 +76,11 @@ class QemuSession:
                 except QemuError:
                     kernel = None  # the boot-sector probe needs no kernel
             choice = choose_accelerator(
-                platform,
                 self.settings.accel,
                 self.settings.resolved_binary(platform),
                 self.cache_dir,
                 kernel,
+                platform,
             )
         with self._lock:
             self._accelerators[platform.name] = choice

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.cache import cache_key
-from pytest_qemu.platforms.base import Platform
+from pytest_qemu.platforms import Platform, get_platform
 
 #: Under a working KVM both probes answer in well under a second.
 PROBE_TIMEOUT = 5.0
@@ -35,9 +35,11 @@ def _base_command(qemu: str, accelerator: str) -> list[str]:
 
 
 def kernel_probe_command(
-    platform: Platform, qemu: str, accelerator: str, kernel: Path
+    qemu: str, accelerator: str, kernel: Path, platform: Platform | None = None
 ) -> list[str]:
-    """A probe that boots *kernel* on *platform*, its console on stdout."""
+    """A probe that boots *kernel* on *platform* (the host's if None), its console on
+    stdout."""
+    platform = platform or get_platform()
     return [
         *_base_command(qemu, accelerator), *platform.machine_args, "-m", "128",
         "-serial", "stdio", "-kernel", str(kernel),
@@ -91,10 +93,12 @@ def _run_until(
 
 
 def probe_accelerator(
-    platform: Platform, qemu: str, accelerator: str, kernel: Path | None = None
+    qemu: str, accelerator: str, kernel: Path | None = None, platform: Platform | None = None
 ) -> ProbeResult:
-    """Boot a probe guest of *platform* under *accelerator*; it works if guest code visibly
-    ran in time: the kernel's first line, or, without a kernel, the platform's probe guest."""
+    """Boot a probe guest of *platform* (the host's if None) under *accelerator*; it works
+    if guest code visibly ran in time: the kernel's first line, or, without a kernel, the
+    platform's probe guest."""
+    platform = platform or get_platform()
     if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return ProbeResult(False, "/dev/kvm is missing or not accessible")
     try:
@@ -103,10 +107,10 @@ def probe_accelerator(
             if program is None:
                 if kernel is None:
                     return ProbeResult(
-                        False, f"no probe guest for {platform.name} without a kernel"
+                        False, f"{platform.name} has no probe guest without a kernel"
                     )
                 seen, status, error = _run_until(
-                    kernel_probe_command(platform, qemu, accelerator, kernel),
+                    kernel_probe_command(qemu, accelerator, kernel, platform),
                     _KERNEL_MARKER,
                     PROBE_TIMEOUT,
                 )
@@ -135,9 +139,14 @@ def _boot_id() -> str:
 
 
 def cached_probe(
-    platform: Platform, qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
+    qemu: str,
+    accelerator: str,
+    cache_dir: Path,
+    kernel: Path | None = None,
+    platform: Platform | None = None,
 ) -> ProbeResult:
     """:func:`probe_accelerator`, remembered until the host reboots or QEMU changes."""
+    platform = platform or get_platform()
     try:
         binary = Path(
             subprocess.run(["which", qemu], capture_output=True, text=True).stdout.strip() or qemu
@@ -152,7 +161,7 @@ def cached_probe(
         return ProbeResult(bool(stored["works"]), str(stored["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    result = probe_accelerator(platform, qemu, accelerator, kernel)
+    result = probe_accelerator(qemu, accelerator, kernel, platform)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
@@ -167,14 +176,18 @@ class AcceleratorChoice:
 
 
 def choose_accelerator(
-    platform: Platform, requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
+    requested: str,
+    qemu: str,
+    cache_dir: Path,
+    kernel: Path | None = None,
+    platform: Platform | None = None,
 ) -> AcceleratorChoice:
     """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs."""
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
     if requested == "kvm":
         return AcceleratorChoice("kvm", "accelerator: kvm (requested; not probed)")
-    probe = cached_probe(platform, qemu, "kvm", cache_dir, kernel)
+    probe = cached_probe(qemu, "kvm", cache_dir, kernel, platform)
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(
