@@ -80,7 +80,6 @@ class QemuSession:
                 self.settings.resolved_binary(platform),
                 self.cache_dir,
                 kernel,
-                platform,
             )
         with self._lock:
             self._accelerators[platform.name] = choice

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.cache import cache_key
-from pytest_qemu.platforms import Platform, get_platform
+from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.platforms import get_platform
 
 #: Under a working KVM both probes answer in well under a second.
 PROBE_TIMEOUT = 5.0
@@ -34,12 +35,9 @@ def _base_command(qemu: str, accelerator: str) -> list[str]:
     ]  # fmt: skip
 
 
-def kernel_probe_command(
-    qemu: str, accelerator: str, kernel: Path, platform: Platform | None = None
-) -> list[str]:
-    """A probe that boots *kernel* on *platform* (the host's if None), its console on
-    stdout."""
-    platform = platform or get_platform()
+def kernel_probe_command(qemu: str, accelerator: str, kernel: Path) -> list[str]:
+    """A probe that boots *kernel* on the host's platform, its console on stdout."""
+    platform = get_platform()
     return [
         *_base_command(qemu, accelerator), *platform.machine_args, "-m", "128",
         "-serial", "stdio", "-kernel", str(kernel),
@@ -92,13 +90,14 @@ def _run_until(
         return False, process.returncode, lines[-1] if lines else ""
 
 
-def probe_accelerator(
-    qemu: str, accelerator: str, kernel: Path | None = None, platform: Platform | None = None
-) -> ProbeResult:
-    """Boot a probe guest of *platform* (the host's if None) under *accelerator*; it works
-    if guest code visibly ran in time: the kernel's first line, or, without a kernel, the
-    platform's probe guest."""
-    platform = platform or get_platform()
+def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -> ProbeResult:
+    """Boot a probe guest of the host's platform under *accelerator*; it works if guest
+    code visibly ran in time: the kernel's first line, or, without a kernel, the
+    platform's own probe guest (KVM runs only guests of the host's architecture)."""
+    try:
+        platform = get_platform()
+    except ConfigurationError as unknown:
+        return ProbeResult(False, str(unknown))
     if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return ProbeResult(False, "/dev/kvm is missing or not accessible")
     try:
@@ -110,7 +109,7 @@ def probe_accelerator(
                         False, f"{platform.name} has no probe guest without a kernel"
                     )
                 seen, status, error = _run_until(
-                    kernel_probe_command(qemu, accelerator, kernel, platform),
+                    kernel_probe_command(qemu, accelerator, kernel),
                     _KERNEL_MARKER,
                     PROBE_TIMEOUT,
                 )
@@ -139,14 +138,9 @@ def _boot_id() -> str:
 
 
 def cached_probe(
-    qemu: str,
-    accelerator: str,
-    cache_dir: Path,
-    kernel: Path | None = None,
-    platform: Platform | None = None,
+    qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
 ) -> ProbeResult:
     """:func:`probe_accelerator`, remembered until the host reboots or QEMU changes."""
-    platform = platform or get_platform()
     try:
         binary = Path(
             subprocess.run(["which", qemu], capture_output=True, text=True).stdout.strip() or qemu
@@ -154,14 +148,14 @@ def cached_probe(
         fingerprint = f"{binary}:{binary.stat().st_mtime_ns}"
     except OSError:
         fingerprint = qemu
-    key = cache_key([_boot_id(), fingerprint, platform.name, accelerator, str(kernel), "v3"])
+    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v3"])
     path = cache_dir / "accelerator" / f"{key}.json"
     try:
         stored = json.loads(path.read_text())
         return ProbeResult(bool(stored["works"]), str(stored["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    result = probe_accelerator(qemu, accelerator, kernel, platform)
+    result = probe_accelerator(qemu, accelerator, kernel)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
@@ -176,18 +170,14 @@ class AcceleratorChoice:
 
 
 def choose_accelerator(
-    requested: str,
-    qemu: str,
-    cache_dir: Path,
-    kernel: Path | None = None,
-    platform: Platform | None = None,
+    requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
 ) -> AcceleratorChoice:
     """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs."""
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
     if requested == "kvm":
         return AcceleratorChoice("kvm", "accelerator: kvm (requested; not probed)")
-    probe = cached_probe(qemu, "kvm", cache_dir, kernel, platform)
+    probe = cached_probe(qemu, "kvm", cache_dir, kernel)
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(
