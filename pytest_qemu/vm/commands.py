@@ -1,4 +1,4 @@
-"""Guest commands: ``run``, ``check``, ``put``, ``get`` and the kernel log, with their
+"""Commands: ``run``, ``check``, ``put``, ``get``, the kernel log and QMP, with their
 argument checks, their transcript lines, and the channel's errors turned into the errors
 users see."""
 
@@ -285,6 +285,22 @@ class CommandMethods:
     """The VM's public command methods, each a thin call of its :class:`GuestCommands`."""
 
     commands: GuestCommands
+
+    @concise_traceback
+    def qmp(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        timeout: float | None = 30.0,
+        **keyword_arguments: Any,
+    ) -> Any:
+        """Run a QMP command and return its result; ``qemu.qmp.ExecuteError`` if QEMU refuses.
+
+        Arguments go as keywords (``vm.qmp("qom-list", path="/machine")``), or
+        as a dict for names that clash with this method's own.
+        """
+        return self.commands.qmp(command, {**(arguments or {}), **keyword_arguments}, timeout)
 
     @concise_traceback
     def run(

@@ -1,6 +1,8 @@
 """A virtual machine's lifecycle: start, shutdown, kill, its state. The work is done around
 it: launch plan (:mod:`.plan`), start strategies (:mod:`.start`), QEMU launches
-(:mod:`.launcher`, :mod:`.process`, :mod:`.readiness`), commands (:mod:`.commands`)."""
+(:mod:`.launcher`, :mod:`.process`, :mod:`.readiness`), QMP and guest commands
+(:mod:`.commands`, whose :class:`~pytest_qemu.vm.commands.CommandMethods` gives the VM
+``qmp``, ``run``, ``check``, ``put``, ``get`` and ``kernel_log``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
 
 from pytest_qemu.errors import VMError, concise_traceback
 from pytest_qemu.guests.base import Guest
@@ -236,22 +237,6 @@ class VM(CommandMethods):
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
-
-    @concise_traceback
-    def qmp(
-        self,
-        command: str,
-        arguments: dict[str, Any] | None = None,
-        *,
-        timeout: float | None = 30.0,
-        **keyword_arguments: Any,
-    ) -> Any:
-        """Run a QMP command and return its result; ``qemu.qmp.ExecuteError`` if QEMU refuses.
-
-        Arguments go as keywords (``vm.qmp("qom-list", path="/machine")``), or
-        as a dict for names that clash with this method's own.
-        """
-        return self.commands.qmp(command, {**(arguments or {}), **keyword_arguments}, timeout)
 
 
 def kill_all_vms() -> None:
