@@ -214,11 +214,6 @@ def snapshot_layout(devices: Sequence[Device]) -> SnapshotLayout:
     return SnapshotLayout(parts, None)
 
 
-def device_layout(devices: Sequence[Device]) -> list[str] | None:
-    """What the guest sees of *devices*, for keying snapshots; None if one cannot be saved."""
-    return snapshot_layout(devices).parts
-
-
 def build_command_line(
     spec: MachineSpec,
     paths: RuntimePaths,
@@ -229,6 +224,7 @@ def build_command_line(
     share_memory: bool = False,
     incoming_fd: int | None = None,
     qmp_listener_fd: int | None = None,
+    layout: SnapshotLayout | None = None,
 ) -> BuiltCommandLine:
     """The QEMU argv for *spec*, with QMP and console on UNIX sockets at *paths*.
 
@@ -246,7 +242,7 @@ def build_command_line(
     :func:`incoming_uri`.
     *qmp_listener_fd* is a UNIX socket already listening at ``paths.qmp_socket``,
     inherited by QEMU, so that the caller can connect without waiting for QEMU
-    to create it.
+    to create it. *layout* is the devices' :func:`snapshot_layout` if the caller has it.
     """
     ctx = DeviceContext(spec.platform)
     _check_guest_names(spec.devices, ctx)
@@ -314,7 +310,8 @@ def build_command_line(
         # QEMU 7.2 has no command-line switch for x-ignore-shared: the caller sets it
         # over QMP, then starts the restore from the inherited descriptor.
         argv += ["-incoming", "defer"]
-    return BuiltCommandLine(argv, kernel_args, setup_args, device_layout(spec.devices))
+    layout = layout or snapshot_layout(spec.devices)
+    return BuiltCommandLine(argv, kernel_args, setup_args, layout.parts)
 
 
 def incoming_uri(incoming_fd: int) -> str:

@@ -17,6 +17,7 @@ from pytest_qemu.vm.argv import (
     BuiltCommandLine,
     MachineSpec,
     RuntimePaths,
+    SnapshotLayout,
     build_command_line,
     snapshot_layout,
 )
@@ -30,6 +31,8 @@ class LaunchPlan:
     spec: MachineSpec
     #: The command channel's own QEMU arguments (its transport).
     channel_args: tuple[str, ...]
+    #: What the guest sees of the devices (worked out once, for every command line).
+    layout: SnapshotLayout
     #: The command line of a boot, with its kernel and setup arguments.
     boot: BuiltCommandLine
     #: Whether the guest's settings (mounts, addresses) are on the boot's kernel command
@@ -65,6 +68,7 @@ class LaunchPlan:
             share_memory=share_memory,
             incoming_fd=incoming_fd,
             qmp_listener_fd=qmp_listener_fd,
+            layout=self.layout,
         ).argv
 
 
@@ -84,6 +88,7 @@ def plan_launch(
         paths,
         channel_args=channel_args,
         setup_on_kernel_command_line=setup_at_boot,
+        layout=layout,
     )
     snapshot = None
     reason = None
@@ -98,4 +103,4 @@ def plan_launch(
         qemu = Path(shutil.which(spec.qemu_binary) or spec.qemu_binary)
         key_args = [*boot.kernel_args, *guest.snapshot_key_parts]
         snapshot = snapshots.get(snapshot_key(spec, qemu, key_args, layout.parts))
-    return LaunchPlan(spec, tuple(channel_args), boot, setup_at_boot, snapshot, reason)
+    return LaunchPlan(spec, tuple(channel_args), layout, boot, setup_at_boot, snapshot, reason)
