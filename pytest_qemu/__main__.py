@@ -3,10 +3,13 @@
     python -m pytest_qemu shell [--arch aarch64] [--userland host] [--share DIR]
                                 [--image disk.qcow2] [--memory MiB]
     python -m pytest_qemu console SOCKET
+    python -m pytest_qemu fetch --arch NAME [--arch NAME ...] | --arch all
 
 ``shell`` boots (or clones) the VM and puts your terminal on its serial
 console; ``console`` attaches to the console socket of a VM kept alive by
-``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends.
+``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends. ``fetch`` downloads and
+unpacks the kernel and busybox of foreign architectures ahead of the first test (for a
+CI cache, or a machine that is offline later).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pytest_qemu.cache import default_cache_dir
 from pytest_qemu.devices.directories import P9Directory
 from pytest_qemu.errors import QemuError
+from pytest_qemu.platforms import get_platform, names
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import QemuSession
@@ -47,6 +52,14 @@ def _shell(options: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch(options: argparse.Namespace) -> int:
+    wanted = names() if "all" in options.arch else options.arch
+    for platform in dict.fromkeys(get_platform(name) for name in wanted):
+        root = platform.system_root(default_cache_dir())
+        print(f"pytest-qemu: {platform.name}: kernel and busybox ready in {root}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line's entry point."""
     parser = argparse.ArgumentParser(prog="python -m pytest_qemu", description=__doc__)
@@ -60,10 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     shell.add_argument("--memory", type=int, default=256, help="guest memory in MiB")
     console = commands.add_parser("console", help="attach to a VM's console socket")
     console.add_argument("socket", type=Path)
+    fetch = commands.add_parser(
+        "fetch", help="download and unpack foreign architectures' kernel and busybox"
+    )
+    fetch.add_argument("--arch", action="append", required=True,
+                       help=f"one of {names()} or all (repeatable)")  # fmt: skip
     options = parser.parse_args(argv)
     try:
         if options.command == "shell":
             return _shell(options)
+        if options.command == "fetch":
+            return _fetch(options)
         attach(options.socket)
         return 0
     except (QemuError, OSError) as error:
