@@ -55,3 +55,13 @@ def test_without_qemu_doctor_fails_with_the_words_a_test_gets(
     run = pytester.runpytest_subprocess("--qemu-arch=x86_64", "--qemu-accel=tcg")
     run.assert_outcomes(errors=1)
     assert words in run.stdout.str()
+
+
+def test_a_bad_agent_mode_is_a_usage_error_at_the_start(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    monkeypatch.setenv("PYTEST_QEMU_AGENT", "always")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*PYTEST_QEMU_AGENT='always' is not one of auto, compile*"])
