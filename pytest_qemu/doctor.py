@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_qemu import __version__
 from pytest_qemu.errors import QemuError
 from pytest_qemu.guests.agent_compiler import find_compiler
 from pytest_qemu.guests.initramfs import check_static, find_busybox
@@ -210,7 +211,7 @@ def diagnose(arches: Sequence[str] = ()) -> list[Section]:
 
 def render(sections: Sequence[Section], required: Sequence[str]) -> str:
     """The report as text: a block per section, a row per finding, then the verdict."""
-    lines = []
+    lines = [f"pytest-qemu {__version__}: what this host can run"]
     for section in sections:
         lines.append(section.title)
         for finding in section.findings:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+import pytest_qemu
 
 
 def _doctor(*args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -25,10 +28,17 @@ def _doctor(*args: str, path: str | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def test_the_version_is_the_installed_distribution_s() -> None:
+    assert pytest_qemu.__version__ == metadata.version("pytest-qemu")
+
+
 def test_doctor_passes_on_a_host_set_up_by_the_setup_script() -> None:
     result = _doctor("--arch", "x86_64")
     assert result.returncode == 0, result.stdout + result.stderr
-    rows = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()[1:8]}
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"pytest-qemu {pytest_qemu.__version__}: what this host can run"
+    assert lines[1].startswith("x86_64 (")
+    rows = {line.split()[1]: line.split()[0] for line in lines[2:8]}
     assert rows["QEMU"] == rows["machine"] == rows["kernel"] == rows["busybox"] == "ok"
     assert rows["agent"] == "ok"
     assert "QEMU emulator version" in result.stdout
