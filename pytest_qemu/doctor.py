@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pytest_qemu import __version__
 from pytest_qemu.errors import QemuError
-from pytest_qemu.guests.agent_compiler import find_compiler
+from pytest_qemu.guests.agent_build import agent_origin
 from pytest_qemu.guests.initramfs import check_static, find_busybox
-from pytest_qemu.guests.prebuilt import agent_mode, prebuilt_agent
 from pytest_qemu.platforms import Platform, get_platform, names
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import QemuSession
@@ -124,10 +123,10 @@ def _busybox(session: QemuSession, platform: Platform) -> str:
 
 
 def _agent(platform: Platform) -> str:
-    if agent_mode() == "auto" and (agent := prebuilt_agent(platform)) is not None:
-        return f"prebuilt in the installed package ({agent})"
-    compiler = find_compiler(platform.compiler, platform.name, platform.compiler_packages)
-    return f"compiled on first use with {compiler} (no prebuilt agent in a source checkout)"
+    found, prebuilt = agent_origin(platform)
+    if prebuilt:
+        return f"prebuilt in the installed package ({found})"
+    return f"compiled on first use with {found} (no prebuilt agent, or PYTEST_QEMU_AGENT=compile)"
 
 
 def _accelerator(session: QemuSession, platform: Platform) -> Finding:

@@ -18,11 +18,24 @@ from pytest_qemu.guests.prebuilt import agent_mode, prebuilt_agent
 from pytest_qemu.platforms import Platform
 
 
+def agent_origin(platform: Platform) -> tuple[Path, bool]:
+    """Where *platform*'s agent comes from: ``(the prebuilt agent, True)``, or
+    ``(the compiler that builds it, False)``.
+
+    Raises:
+        SetupError: neither is there; the message names the compiler's packages.
+    """
+    if agent_mode() == "auto" and (prebuilt := prebuilt_agent(platform)) is not None:
+        return prebuilt, True
+    return find_compiler(platform.compiler, platform.name, platform.compiler_packages), False
+
+
 def build_agent(cache: BuildCache, platform: Platform) -> Path:
     """The agent binary for *platform*: the prebuilt one, else compiled if not cached."""
-    if agent_mode() == "auto" and (prebuilt := prebuilt_agent(platform)) is not None:
-        return prebuilt
-    compiler = find_compiler(platform.compiler, platform.name, platform.compiler_packages)
+    found, prebuilt = agent_origin(platform)
+    if prebuilt:
+        return found
+    compiler = found
     source = guest_script(AGENT_SOURCE)
     key = cache_key(["1", platform.name, source, file_fingerprint(compiler), *FLAGS])
 
