@@ -24,6 +24,7 @@ from pytest_qemu.guests.initramfs import check_static, find_busybox
 from pytest_qemu.platforms import Platform, get_platform, names
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.session import QemuSession
+from pytest_qemu.vm.diagnose import user_error
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 #: Below this, the cache (kernels, a foreign architecture's unpacked packages, templates'
@@ -98,13 +99,14 @@ def machine_finding(binary: str, platform: Platform) -> Finding:
     machine = " ".join(platform.machine_args)
     if result.returncode == 0:
         return Finding(OK, "machine", f"QEMU starts `{machine}` (firmware found)")
+    # The words a test's VM error has for a missing firmware file (vm/diagnose.py).
     lines = result.stderr.strip().splitlines()
+    reason = user_error(result.stderr) or (lines[-1] if lines else f"exit {result.returncode}")
     return Finding(
         MISSING,
         "machine",
-        f"QEMU cannot start `{machine}`: {lines[-1] if lines else result.returncode}. QEMU's "
-        f"firmware comes with its package and the packages it depends on: "
-        f"`apt-get install --reinstall {platform.qemu_package}`",
+        f"QEMU cannot start `{machine}`: {reason}. Reinstalling QEMU brings back what its "
+        f"package depends on: `apt-get install --reinstall {platform.qemu_package}`",
     )
 
 

@@ -75,3 +75,24 @@ def test_a_bad_agent_mode_is_a_usage_error_at_the_start(
     result = pytester.runpytest_subprocess()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*PYTEST_QEMU_AGENT='always' is not one of auto, compile*"])
+
+
+def test_a_missing_firmware_file_has_the_doctor_s_words_in_a_test(
+    pytester: pytest.Pytester, isolated_state: Path
+) -> None:
+    from pytest_qemu.vm.diagnose import user_error
+
+    words = user_error("qemu: could not load PC BIOS '/nonexistent/bios.bin'")
+    assert words is not None
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.qemu(snapshot=False)
+        def test_vm(qemu_vm_factory):
+            qemu_vm_factory(arch="x86_64", qemu_args=["-bios", "/nonexistent/bios.bin"])
+        """
+    )
+    result = pytester.runpytest_subprocess("--qemu-accel=tcg")
+    result.assert_outcomes(failed=1)
+    assert f"likely cause: {words}" in result.stdout.str()
