@@ -3,13 +3,15 @@
     python -m pytest_qemu shell [--arch aarch64] [--userland host] [--share DIR]
                                 [--image disk.qcow2] [--memory MiB]
     python -m pytest_qemu console SOCKET
+    python -m pytest_qemu doctor [--arch aarch64]
     python -m pytest_qemu fetch --arch NAME [--arch NAME ...] | --arch all
 
 ``shell`` boots (or clones) the VM and puts your terminal on its serial
 console; ``console`` attaches to the console socket of a VM kept alive by
-``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends. ``fetch`` downloads and
-unpacks the kernel and busybox of foreign architectures ahead of the first test (for a
-CI cache, or a machine that is offline later).
+``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends. ``doctor`` says what this
+host can run and what it lacks; it exits with 1 if the default guest cannot run.
+``fetch`` downloads and unpacks the kernel and busybox of foreign architectures ahead
+of the first test (for a CI cache, or a machine that is offline later).
 """
 
 from __future__ import annotations
@@ -78,12 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     fetch.add_argument("--arch", action="append", required=True,
                        help=f"one of {names()} or all (repeatable)")  # fmt: skip
+    doctor = commands.add_parser("doctor", help="what this host can run, and what it lacks")
+    doctor.add_argument("--arch", action="append", default=[],
+                        help="check only this architecture, and fail if it cannot run "
+                        "(repeatable; default: check all, fail if the host's cannot)")  # fmt: skip
     options = parser.parse_args(argv)
     try:
         if options.command == "shell":
             return _shell(options)
         if options.command == "fetch":
             return _fetch(options)
+        if options.command == "doctor":
+            from pytest_qemu.doctor import main as run_doctor
+
+            return run_doctor(options.arch)
         attach(options.socket)
         return 0
     except (QemuError, OSError) as error:

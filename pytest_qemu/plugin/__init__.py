@@ -79,19 +79,26 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Attach what every VM of a failed test did to its report: its transcript, the
-    console's last lines, QEMU's command line and stderr."""
+    console's last lines, QEMU's command line and stderr (also as pytest-html extras and
+    Allure attachments, when those reports are written)."""
     report = yield
     item.stash.setdefault(reports_key, {})[report.when] = report
     if report.failed and item.stash.get(factories_key, []):
-        from pytest_qemu.plugin.reports import gather_logs, vm_report
+        from pytest_qemu.plugin.report_extras import add_report_extras
+        from pytest_qemu.plugin.reports import gather_logs, render_parts, vm_report_parts
 
         log_dir = QemuSession.of(item.config).settings.log_dir
         for factory in item.stash.get(factories_key, []):
             for index, vm in enumerate(factory.vms):
-                report.sections.append((f"qemu vm{index} ({vm.log_dir})", vm_report(vm)))
+                parts = vm_report_parts(vm)
+                report.sections.append((f"qemu vm{index} ({vm.log_dir})", render_parts(parts)))
                 kept = vm.log_dir
                 if log_dir is not None:
                     kept = gather_logs(vm, log_dir / _safe_name(item.nodeid) / f"vm{index}")
+                # The HTML and Allure reports, if written; links to the logs kept for good.
+                add_report_extras(
+                    item.config, report, f"vm{index}", parts, kept if log_dir else None
+                )
                 # JUnit XML carries these as <property> elements of the test case; it
                 # reads them from the teardown report, which copies the item's.
                 prop = (f"qemu_vm{index}_logs", str(kept))

@@ -11,6 +11,7 @@ import pytest
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
+from pytest_qemu.guests.prebuilt import agent_mode
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.summary import RunStats
@@ -36,6 +37,7 @@ class QemuSession:
 
     def __init__(self, settings: QemuSettings) -> None:
         self.settings = settings
+        agent_mode()  # $PYTEST_QEMU_AGENT: a bad value is a usage error at the start
         self.cache_dir = settings.cache_dir or default_cache_dir()
         self._cache = BuildCache(self.cache_dir)
         self._lock = threading.Lock()

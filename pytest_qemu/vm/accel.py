@@ -111,10 +111,26 @@ def _run_until(
         return False, process.returncode, lines[-1] if lines else ""
 
 
+def kvm_device_problem(device: Path = Path("/dev/kvm")) -> str | None:
+    """Why this user cannot open *device*, with what fixes it; None if it can."""
+    if not device.exists():
+        return (
+            f"{device} does not exist: the CPU (or the hypervisor of this VM) offers no "
+            "virtualisation, or the kvm module is not loaded (`sudo modprobe kvm_intel` or "
+            "`sudo modprobe kvm_amd`)"
+        )
+    if not os.access(device, os.R_OK | os.W_OK):
+        return (
+            f"{device} is not readable and writable by this user: join its group "
+            "(`sudo usermod -aG kvm $USER`, then log in again)"
+        )
+    return None
+
+
 def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -> ProbeResult:
     """Boot a probe guest under *accelerator*; it works if guest code visibly ran in time."""
-    if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return ProbeResult(False, "/dev/kvm is missing or not accessible")
+    if accelerator == "kvm" and (problem := kvm_device_problem()) is not None:
+        return ProbeResult(False, problem)
     try:
         if kernel is not None:
             seen, status, error = _run_until(
@@ -159,7 +175,7 @@ def cached_probe(
         fingerprint = f"{binary}:{binary.stat().st_mtime_ns}"
     except OSError:
         fingerprint = qemu
-    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v3"])
+    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v4"])
     path = cache_dir / "accelerator" / f"{key}.json"
     try:
         stored = json.loads(path.read_text())
