@@ -20,6 +20,8 @@ from pytest_qemu.errors import SetupError
 
 #: Used when the host's apt names no Debian mirror (an Ubuntu host, or no apt at all).
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+#: Debian's archive keys (package ``debian-archive-keyring``, on Ubuntu too).
+DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
 _TIMEOUT = 600
 
@@ -51,16 +53,20 @@ def host_mirrors() -> dict[str, str]:
     return mirrors
 
 
-def sources_list(suite: str, debian_arch: str, mirrors: dict[str, str]) -> str:
+def sources_list(
+    suite: str, debian_arch: str, mirrors: dict[str, str], keyring: Path | None = None
+) -> str:
     """The sources list of *suite* for *debian_arch*: the release, its updates, and its
-    security updates where the host knows a security mirror."""
+    security updates where the host knows a security mirror; checked with *keyring*
+    where given (else with apt's trusted keys)."""
     archive = mirrors.get("archive", DEFAULT_MIRROR)
+    options = f"arch={debian_arch}" + (f" signed-by={keyring}" if keyring else "")
     lines = [
-        f"deb [arch={debian_arch}] {archive} {suite} main",
-        f"deb [arch={debian_arch}] {archive} {suite}-updates main",
+        f"deb [{options}] {archive} {suite} main",
+        f"deb [{options}] {archive} {suite}-updates main",
     ]
     if "security" in mirrors:
-        lines.append(f"deb [arch={debian_arch}] {mirrors['security']} {suite}-security main")
+        lines.append(f"deb [{options}] {mirrors['security']} {suite}-security main")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +104,12 @@ class PrivateApt:
         for directory in ("lists/partial", "cache/archives/partial"):
             (self.state_dir / directory).mkdir(parents=True, exist_ok=True)
         (self.state_dir / "sources.list").write_text(
-            sources_list(self.suite, self.debian_arch, host_mirrors())
+            sources_list(
+                self.suite,
+                self.debian_arch,
+                host_mirrors(),
+                DEBIAN_KEYRING if DEBIAN_KEYRING.exists() else None,
+            )
         )
         self._apt("apt-get", ["update", "-q"], "updating the package indexes")
 

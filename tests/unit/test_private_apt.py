@@ -24,6 +24,11 @@ def test_sources_list_names_the_suite_its_updates_and_security() -> None:
     ]
 
 
+def test_sources_list_checks_with_debians_keyring_where_given() -> None:
+    listed = sources_list("bookworm", "i386", {}, Path("/k.gpg"))
+    assert listed.startswith(f"deb [arch=i386 signed-by=/k.gpg] {apt.DEFAULT_MIRROR} bookworm ")
+
+
 def test_sources_list_falls_back_to_debians_mirror() -> None:
     assert sources_list("bookworm", "s390x", {}).startswith(
         f"deb [arch=s390x] {apt.DEFAULT_MIRROR} bookworm main\n"
