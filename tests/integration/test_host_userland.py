@@ -146,3 +146,18 @@ def test_a_plain_vm_gives_no_warning(qemu_vm_factory: VMFactory) -> None:
     assert "warning" not in vm.stderr_log.read_text(errors="replace").lower()
     assert "warning" not in console.lower()
     assert "pytest-qemu: cannot" not in console
+
+
+@pytest.mark.qemu(cpus=2)
+def test_two_cpus_run_at_once_in_clones_too(qemu_vm_factory: VMFactory) -> None:
+    booted = qemu_vm_factory()
+    cloned = qemu_vm_factory()
+    assert cloned.restored_from is not None
+    for vm in (booted, cloned):
+        assert vm.check("nproc") == "2\n"
+        # Multi-threaded TCG: each vCPU has a host thread of its own, so two busy guest
+        # threads run at once (one shared thread would take turns).
+        assert len({cpu["thread-id"] for cpu in vm.qmp("query-cpus-fast")}) == 2
+        # Field 39 of /proc/self/stat: the CPU the process runs on.
+        on_cpu = "awk '{print $39}' /proc/self/stat"
+        assert vm.check(f"taskset -c 0 {on_cpu}; taskset -c 1 {on_cpu}") == "0\n1\n"
