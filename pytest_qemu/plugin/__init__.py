@@ -23,7 +23,13 @@ from pytest_qemu.plugin.fixtures import (
     qemu_vm_factory,
 )
 from pytest_qemu.plugin.options import add_options
-from pytest_qemu.plugin.session import QemuSession, factories_key, next_item_key, reports_key
+from pytest_qemu.plugin.session import (
+    QemuSession,
+    factories_key,
+    next_item_key,
+    qemu_marker_kwargs,
+    reports_key,
+)
 
 __all__ = [
     "fat_dir",
@@ -46,10 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "qemu(snapshot=True, arch=None, userland=None, kernel_warnings=True): options for "
-        "the test's VMs: snapshot=False boots them instead of cloning a template; "
+        "qemu(snapshot=True, arch=None, userland=None, cpus=1, kernel_warnings=True): "
+        "options for the test's VMs: snapshot=False boots them instead of cloning a template; "
         "arch='aarch64' emulates another architecture; userland='host' runs commands in the "
-        "host's root; kernel_warnings=False lets the guest kernel warn without failing",
+        "host's root; cpus=2 gives them two vCPUs; kernel_warnings=False lets the guest "
+        "kernel warn without failing",
     )
     try:
         QemuSession.of(config)
@@ -116,10 +123,10 @@ def _safe_name(nodeid: str) -> str:
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After a test body passes, fail it if a guest kernel of its VMs logged trouble."""
     result = yield
-    marker = item.get_closest_marker("qemu")
+    marked = qemu_marker_kwargs(item)
     wanted = QemuSession.of(item.config).settings.kernel_warnings == "fail"
-    if marker is not None and "kernel_warnings" in marker.kwargs:
-        wanted = bool(marker.kwargs["kernel_warnings"])
+    if "kernel_warnings" in marked:
+        wanted = bool(marked["kernel_warnings"])
     if wanted and item.stash.get(factories_key, []):
         from pytest_qemu.plugin.kernel_log import check_kernel_log
 

@@ -101,7 +101,7 @@ class VMFactory:
         initramfs: str | os.PathLike[str] | None = None,
         kernel_args: Iterable[str] = (),
         qemu_args: Iterable[str] = (),
-        cpus: int = 1,
+        cpus: int | None = None,
         boot_timeout: float | None = None,
         snapshot: bool | None = None,
         arch: str | None = None,
@@ -114,9 +114,11 @@ class VMFactory:
         """Start a VM and return it once its command channel answers."""
         arch = arch if arch is not None else _optional_str(self._defaults.get("arch"))
         userland = userland or _optional_str(self._defaults.get("userland"))
+        vcpus = cpus if cpus is not None else self._defaults.get("cpus", 1)
         device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
-            devices, memory, cpus, boot_timeout, kernel_args, qemu_args
+            devices, memory, vcpus, boot_timeout, kernel_args, qemu_args
         )
+        assert isinstance(vcpus, int)  # checked: a marker's cpus= can be anything
         settings = self._session.settings
         kernel_path = _existing(kernel, "kernel") or settings.kernel
         initramfs_path = _existing(initramfs, "initramfs") or settings.initramfs
@@ -161,7 +163,7 @@ class VMFactory:
             qemu=settings.resolved_binary(platform),
             accelerator=self._session.accelerator(platform).accelerator,
             memory=settings.memory if memory is None else memory,
-            cpus=cpus,
+            cpus=vcpus,
             qemu_args=qemu_arg_list,
         )
         timeout = settings.boot_timeout if boot_timeout is None else boot_timeout

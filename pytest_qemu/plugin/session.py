@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
-from pytest_qemu.errors import QemuError
+from pytest_qemu.errors import ConfigurationError, QemuError
 from pytest_qemu.guests.prebuilt import agent_mode
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
@@ -151,19 +151,36 @@ def settings(config: pytest.Config) -> QemuSettings:
 
 def snapshots_wanted(request: pytest.FixtureRequest) -> bool:
     """False when the test is marked ``@pytest.mark.qemu(snapshot=False)``."""
-    marker = request.node.get_closest_marker("qemu")
-    return not (marker is not None and marker.kwargs.get("snapshot") is False)
+    return qemu_marker_kwargs(request.node).get("snapshot") is not False
+
+
+#: What ``@pytest.mark.qemu(...)`` takes.
+MARKER_OPTIONS = ("snapshot", "arch", "userland", "cpus", "kernel_warnings")
+
+
+def qemu_marker_kwargs(node: pytest.Item) -> dict[str, object]:
+    """The options of every ``qemu`` marker on *node*, the closest winning each option.
+
+    A test's ``@pytest.mark.qemu(cpus=2)`` in a module marked ``qemu(userland="host")``
+    adds to the module's options instead of dropping them.
+    """
+    merged: dict[str, object] = {}
+    for marker in node.iter_markers("qemu"):  # closest first
+        merged = {**marker.kwargs, **merged}
+    return merged
 
 
 def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
     """The VM options a test's ``qemu`` marker sets (``arch``, ``userland``...)."""
-    marker = request.node.get_closest_marker("qemu")
-    if marker is None:
-        return {}
+    marked = qemu_marker_kwargs(request.node)
+    unknown = sorted(set(marked) - set(MARKER_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"the qemu marker has no option {', '.join(map(repr, unknown))}: "
+            f"it takes {', '.join(MARKER_OPTIONS)}"
+        )
     return {
-        name: value
-        for name, value in marker.kwargs.items()
-        if name not in ("snapshot", "kernel_warnings")
+        name: value for name, value in marked.items() if name not in ("snapshot", "kernel_warnings")
     }
 
 
@@ -176,11 +193,10 @@ def next_test_wants_the_same_vm(request: pytest.FixtureRequest) -> bool:
         return False
 
     def settings_of(node: pytest.Item) -> tuple[object, object]:
-        marker = node.get_closest_marker("qemu")
         callspec = getattr(node, "callspec", None)
         params = callspec.params if callspec is not None else {}
         return (
-            marker.kwargs if marker is not None else {},
+            qemu_marker_kwargs(node),
             (params.get("qemu_arch"), repr(params.get("qemu_devices"))),
         )
 

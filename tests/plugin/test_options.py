@@ -130,3 +130,18 @@ def test_a_first_run_says_what_it_will_build(pytester: pytest.Pytester, tmp_path
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess(f"--qemu-cache-dir={tmp_path / 'empty'}")
     result.stdout.fnmatch_lines(["*pytest-qemu: nothing built yet in *: the first VMs build*"])
+
+
+def test_a_marker_option_it_does_not_know_is_a_test_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.qemu(cpu=2)
+        def test_vm(qemu_vm_factory): pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--qemu-accel=tcg")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the qemu marker has no option 'cpu'*cpus*"])
+    assert "INTERNALERROR" not in result.stdout.str()
