@@ -142,7 +142,10 @@ class MarkdownFile(pytest.File):
             elif block.kind == "signature":
                 node = SignatureItem.from_parent(self, name=name)
             else:
-                node = ExampleModule.from_parent(self, path=self.path, name=name)
+                # Its own node id: fixtures a block defines stay in that block, as in a file.
+                node = ExampleModule.from_parent(
+                    self, path=self.path, name=name, nodeid=f"{self.nodeid}::{name}"
+                )
             node.block = block  # type: ignore[attr-defined]
             yield node
 
