@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.cache import cache_key, file_fingerprint
+from pytest_qemu.errors import troubleshooting
 
 _DEBUG_EXIT_PORT = 0xF4
 _DEBUG_EXIT_VALUE = 0x21
@@ -210,6 +211,9 @@ def cached_probe(
 class AcceleratorChoice:
     accelerator: str
     notice: str
+    #: Why no VM can start under the accelerator that was asked for (``--qemu-accel=kvm``
+    #: on a host whose KVM hangs), or None.
+    problem: str | None = None
 
 
 def choose_accelerator(
@@ -221,9 +225,24 @@ def choose_accelerator(
     """
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
-    if requested == "kvm":
-        return AcceleratorChoice("kvm", "accelerator: kvm (requested; not probed)")
     probe = cached_probe(qemu, "kvm", verdicts, kernel)
+    if requested == "kvm":
+        # Probed too (once per host boot, cached): a KVM that hangs every guest is then
+        # named at once, instead of as a boot timeout after the whole timeout.
+        if probe.works:
+            return AcceleratorChoice(
+                "kvm", "accelerator: kvm (requested; probed: a test guest ran)"
+            )
+        return AcceleratorChoice(
+            "kvm",
+            f"accelerator: kvm (requested) — but KVM does not work here ({probe.detail}): "
+            "no VM can start",
+            problem=(
+                f"--qemu-accel=kvm was given, but KVM does not work on this host: "
+                f"{probe.detail}. Use --qemu-accel=auto (KVM when a probe guest runs under "
+                f"it, else TCG) or --qemu-accel=tcg; {troubleshooting('kvm-hangs-or-is-missing')}"
+            ),
+        )
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(
