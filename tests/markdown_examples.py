@@ -126,7 +126,8 @@ class SignatureItem(FragmentItem):
             else:
                 parameters.append(f"{parameter.name}={parameter.default!r}")
         actual = f"{call.func.id}({', '.join(parameters)})"
-        assert text == actual, f"{self.path.name} line {self.block.first_line}: the code has {actual}"
+        where = f"{self.path.name} line {self.block.first_line}"
+        assert text == actual, f"{where}: the code has {actual}"
 
 
 class MarkdownFile(pytest.File):

@@ -59,6 +59,7 @@ ARCHITECTURE = "amd64"
 FORMAT_VERSION = 2
 #: The root partition's size; the boot partition (FAT16) comes before it.
 DISK_SIZE = "2G"
+_ROOT_BYTES = 2 * 1024**3
 _SECTOR = 512
 #: Where the partitions start, in sectors: 1 MiB alignment, as partitioning tools do.
 _BOOT_START = 2048
@@ -372,6 +373,9 @@ def _build(work: Path, packages: Sequence[str]) -> None:
     steps["configure"] = time.monotonic() - step
     step = time.monotonic()
     boot = _boot_partition(work, kernel, initramfs)
+    # The whole disk's size up front: mkfs.ext4 leaves the file short where it writes nothing.
+    with raw.open("wb") as disk:
+        disk.truncate(_ROOT_START * _SECTOR + _ROOT_BYTES)
     steps["boot partition"] = time.monotonic() - step
     steps["mkfs.ext4"] = _run_step(
         "mkfs.ext4",
@@ -385,14 +389,14 @@ def _build(work: Path, packages: Sequence[str]) -> None:
             "-d",
             str(root),
             str(raw),
-            DISK_SIZE,
+            f"{_ROOT_BYTES // 1024}k",
         ],
         _STEP_TIMEOUT,
         f"check the free space in {work.parent} (the raw disk takes {DISK_SIZE} while building)",
     )
     mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
     with raw.open("r+b") as disk:
-        disk.write(master_boot_record(mbr_code, disk.seek(0, os.SEEK_END) // _SECTOR))
+        disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
         disk.seek(_BOOT_START * _SECTOR)
         with boot.open("rb") as partition:
             shutil.copyfileobj(partition, disk)
@@ -433,7 +437,8 @@ def _build(work: Path, packages: Sequence[str]) -> None:
 def syslinux_config(kernel_args: Sequence[str]) -> str:
     """SYSLINUX's configuration: boot ``vmlinuz`` with ``initrd.img`` at once."""
     return (
-        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n"
+        # SERIAL first: SYSLINUX then also speaks on the serial console, which the test logs.
+        "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n"
         f"  INITRD initrd.img\n  APPEND {' '.join(kernel_args)}\n"
     )
 
