@@ -1,4 +1,5 @@
-"""A distribution kernel given as your own kernel, and how setup errors are reported."""
+"""A distribution kernel given as your own kernel, and how setup errors are reported
+(once, without our frames; a forced KVM that does not work named at once)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pytest_qemu.cache import BuildCache
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.platforms.kernel import find_host_kernel
+from pytest_qemu.vm import accel
 
 
 def test_a_setup_error_is_shown_once_without_our_frames(
@@ -67,3 +69,30 @@ def test_an_own_kernel_without_matching_modules_is_told_which_built_ins_it_needs
     assert "9.9.9-no-such-release" in hint
     assert "virtio_pci" in hint and "virtio_console" in hint and "built in" in hint
     assert "troubleshooting.md#a-distribution-kernel-as-own-kernel" in hint
+
+
+def test_a_forced_kvm_that_does_not_work_fails_each_setup_at_once_naming_it(
+    pytester: pytest.Pytester, isolated_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a host whose KVM hangs every guest (this project's own machine).
+    verdict = accel.ProbeResult(False, "a test kernel printed nothing within 5 s under kvm")
+    monkeypatch.setattr(accel, "probe_accelerator", lambda *args: verdict)
+    pytester.makepyfile(
+        """
+        def test_a(qemu_vm):
+            pass
+
+        def test_b(qemu_vm_factory):
+            pass
+        """
+    )
+    result = pytester.runpytest("--qemu-accel=kvm", "--qemu-boot-timeout=600")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*accelerator: kvm (requested) — but KVM does not work here*",
+            "*--qemu-accel=kvm was given, but KVM does not work on this host: a test kernel "
+            "printed nothing within 5 s under kvm*troubleshooting.md#kvm-hangs-or-is-missing*",
+        ]
+    )
+    assert result.duration < 120, "named at once, not after the boot timeout"
