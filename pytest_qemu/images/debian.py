@@ -56,7 +56,7 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
 SUITE = "bookworm"
 ARCHITECTURE = "amd64"
 #: Bump when the recipe changes in a way the key below does not capture.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The root partition's size; the boot partition (FAT16) comes before it.
 DISK_SIZE = "2G"
 _ROOT_BYTES = 2 * 1024**3
@@ -438,7 +438,9 @@ def syslinux_config(kernel_args: Sequence[str]) -> str:
     """SYSLINUX's configuration: boot ``vmlinuz`` with ``initrd.img`` at once."""
     return (
         # SERIAL first: SYSLINUX then also speaks on the serial console, which the test logs.
-        "SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n"
+        # NOESCAPE: a byte arriving on that console must not stop the boot at a prompt.
+        "SERIAL 0 115200\nNOESCAPE 1\nDEFAULT linux\nPROMPT 0\nTIMEOUT 1\nLABEL linux\n"
+        "  KERNEL vmlinuz\n"
         f"  INITRD initrd.img\n  APPEND {' '.join(kernel_args)}\n"
     )
 

@@ -75,5 +75,10 @@ def test_the_master_boot_record_has_a_bootable_fat_and_a_linux_partition() -> No
 def test_syslinux_boots_the_kernel_at_once_and_talks_on_the_serial_port() -> None:
     config = debian.syslinux_config(debian.KERNEL_ARGS)
     assert config.startswith("SERIAL 0 115200\n")
-    assert "TIMEOUT 0" in config and "KERNEL vmlinuz" in config and "INITRD initrd.img" in config
+    assert (
+        "NOESCAPE 1" in config
+        and "PROMPT 0" in config
+        and "KERNEL vmlinuz" in config
+        and "INITRD initrd.img" in config
+    )
     assert "APPEND root=/dev/vda2 rw console=ttyS0" in config
