@@ -17,6 +17,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: Where the troubleshooting page is, for error messages: it is read in a checkout.
+TROUBLESHOOTING = "docs/troubleshooting.md"
+
+
+def troubleshooting(section: str) -> str:
+    """A pointer to *section* (its anchor) of the troubleshooting page, for a message."""
+    return f"see {TROUBLESHOOTING}#{section}"
+
+
 class QemuError(Exception):
     """Base class of every error pytest-qemu raises on purpose."""
 

@@ -19,7 +19,7 @@ from pytest_qemu.cache import file_fingerprint
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.systemdisk import SystemDisk
-from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.errors import ConfigurationError, troubleshooting
 from pytest_qemu.guests.base import BootFiles, Guest
 from pytest_qemu.guests.initramfs import guest_script
 from pytest_qemu.guests.overlays import create_overlay, image_format
@@ -103,12 +103,16 @@ class ImageGuest(Guest):
     def boot_timeout_hint(self) -> str:  # type: ignore[override]
         if self.channel_name == "qga":
             return (
-                "the image must run qemu-guest-agent (Debian: `apt-get install "
-                "qemu-guest-agent` in the image), or use channel='console'"
+                "either the image did not boot (the console below shows how far it got: "
+                "nothing at all means the firmware found no boot loader), or it does not run "
+                "qemu-guest-agent (Debian: `apt-get install qemu-guest-agent` in the image; "
+                "or use channel='console'); "
+                f"{troubleshooting('an-image-does-not-boot')}"
             )
         return (
             "the image must run a shell on its serial console, logged in or behind a login "
-            "prompt that credentials=(user, password) answers; the console tail shows it"
+            "prompt that credentials=(user, password) answers; the console tail shows it; "
+            f"{troubleshooting('an-image-does-not-boot')}"
         )
 
     @property

@@ -122,17 +122,22 @@ def _safe_name(nodeid: str) -> str:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After a test body passes, fail it if a guest kernel of its VMs logged trouble."""
+    __tracebackhide__ = True  # the report shows the trouble, not this hook's frames
     result = yield
     marked = qemu_marker_kwargs(item)
     wanted = QemuSession.of(item.config).settings.kernel_warnings == "fail"
     if "kernel_warnings" in marked:
         wanted = bool(marked["kernel_warnings"])
     if wanted and item.stash.get(factories_key, []):
+        from pytest_qemu.errors import GuestKernelTrouble
         from pytest_qemu.plugin.kernel_log import check_kernel_log
 
         for factory in item.stash.get(factories_key, []):
             for vm in factory.vms:
-                check_kernel_log(vm)
+                try:
+                    check_kernel_log(vm)
+                except GuestKernelTrouble as error:
+                    raise error.with_traceback(None) from None
     return result
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qemu.errors import QemuError
+from pytest_qemu.errors import QemuError, SetupError
 from pytest_qemu.plugin.session import (
     QemuSession,
     factories_key,
@@ -135,6 +135,7 @@ def _factory(
     arch: str | None = None,
 ) -> VMFactory:
     session = QemuSession.of(request.config)
+    failure: str | None = None
     try:
         settings = session.settings
         options = marker_options(request)
@@ -142,9 +143,15 @@ def _factory(
             options["arch"] = arch
         platform = session.platform(_text(options.get("arch")))
         settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
-        session.accelerator(platform)
+        problem = session.accelerator(platform).problem  # a forced KVM that hangs, named
+        if problem is not None:
+            raise SetupError(problem)
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    if failure is not None:
+        # Outside the except block: the report shows the message once, with no
+        # "During handling of the above exception" and none of our frames.
+        pytest.fail(failure, pytrace=False)
     from pytest_qemu.plugin.factory import VMFactory
 
     return VMFactory(
@@ -175,7 +182,9 @@ def qemu_vm(
     try:
         return qemu_vm_factory(devices=qemu_devices)
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    # Outside the except block, so that the message is shown once (see _factory).
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture

@@ -87,7 +87,7 @@ class QemuSession:
             choice = choose_accelerator(
                 self.settings.accel,
                 self.settings.resolved_binary(platform),
-                self.cache_dir,
+                _verdict_directory(self.cache_dir),
                 kernel,
             )
         with self._lock:
@@ -209,3 +209,15 @@ def log_root_for(request: pytest.FixtureRequest, factory: pytest.TempPathFactory
 
     name = re.sub(r"[^\w.-]", "_", request.node.name)[:30]
     return factory.mktemp(f"qemu-{name}", numbered=True)
+
+
+def _verdict_directory(cache_dir: Path) -> Path:
+    """Where accelerator probe verdicts are kept: the user's state directory (one per
+    host, as the verdict is about the host), else the cache directory."""
+    from pytest_qemu.allocation import AllocationError
+    from pytest_qemu.allocation.statedir import default_state_dir
+
+    try:
+        return default_state_dir() / "accelerator"
+    except AllocationError:
+        return cache_dir / "accelerator"

@@ -46,6 +46,7 @@ from pytest_qemu.errors import (
     VMError,
     VMExited,
     concise_traceback,
+    troubleshooting,
 )
 from pytest_qemu.guests.base import Guest, personalise_command
 from pytest_qemu.sockets import connect_unix
@@ -298,6 +299,7 @@ class VM:
                     f"the guest did not come up within the boot timeout of {self.boot_timeout:g} s"
                     f" ({error})"
                     + (f"\n{self.guest.boot_timeout_hint}" if self.guest is not None else "")
+                    + f"\n({troubleshooting('boot-timeout')})"
                 )
             ) from None
 

@@ -53,6 +53,9 @@ def test_a_kernel_warning_fails_the_test_even_off_the_console(
             "*WARNING: CPU: 0 PID: 1 at drivers/pytest/qemu.c:42 test*",
         ]
     )
+    # The trouble alone: none of the plugin's frames (its hook, the kernel log check).
+    assert "kernel_log.py" not in result.stdout.str()
+    assert "pytest_qemu/plugin/__init__.py" not in result.stdout.str()
     ignored = pytester.runpytest_subprocess(
         "--qemu-accel=tcg", "--qemu-kernel-warnings=ignore", "-k", "test_warns"
     )
