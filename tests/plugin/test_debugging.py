@@ -172,9 +172,11 @@ def test_keep_failed_waits_for_enter_and_then_ends_the_vms(
             assert False
         """
     )
+    # The VM's logs (and so its command line, which qemu_pids looks for) go under the
+    # run's basetemp: keep it inside pytester.path whatever pytest's default temp root.
     pid, master = _run_in_pty(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--qemu-accel=tcg",
-         "--qemu-keep-failed", "-s"],
+         "--qemu-keep-failed", "-s", f"--basetemp={pytester.path / 'basetemp'}"],
         pytester.path,
     )  # fmt: skip
     seen: list[bytes] = []
