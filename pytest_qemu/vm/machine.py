@@ -258,13 +258,25 @@ class VM:
         for name, callback in events.items():
             qmp.on_events([name], callback)
         self._launched = _Launch(process, qmp)
+        wait = self._socket_wait()
         try:
             connection = connect_unix(
-                self._paths.qmp_socket, time.monotonic() + _SOCKET_WAIT, self.is_running
+                self._paths.qmp_socket, time.monotonic() + wait, self.is_running
             )
-            qmp.connect(connection, _SOCKET_WAIT)
+            qmp.connect(connection, wait)
         except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
-            raise self._start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
+            raise self._start_failure(
+                f"cannot connect to QEMU's QMP socket within {wait:g} s ({_describe(error)})"
+            ) from None
+
+    def _socket_wait(self) -> float:
+        """How long QEMU may take to answer on its sockets after it starts.
+
+        Dozens of QEMUs starting at once on a few busy cores took longer than
+        ``_SOCKET_WAIT`` to greet on QMP (16 tests at ``-n 16``, 3 VMs each): allow
+        the boot timeout. A QEMU that exits ends the wait at once.
+        """
+        return max(_SOCKET_WAIT, self.boot_timeout)
 
     def _on_serial_port_event(self, name: str, data: dict[str, Any]) -> None:
         if data.get("id") == self._channel.serial_port_id:
@@ -276,10 +288,10 @@ class VM:
         *resumed*: the guest was restored (it will not announce itself).
         """
         try:
-            self._channel.connect(time.monotonic() + _SOCKET_WAIT, self.is_running)
+            self._channel.connect(time.monotonic() + self._socket_wait(), self.is_running)
         except OSError as error:
             raise self._start_failure(
-                f"cannot connect to the command channel's socket ({error})"
+                f"cannot connect to the command channel's socket ({_describe(error)})"
             ) from None
         try:
             self._boot_setup_status = self._channel.wait_ready(deadline, resumed=resumed)
@@ -735,6 +747,11 @@ class VM:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
+
+
+def _describe(error: BaseException) -> str:
+    """*error* in words, even when its message is empty (a bare ``TimeoutError()``)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _first_line(error: BaseException) -> str:
