@@ -14,7 +14,7 @@ from typing import BinaryIO, cast
 
 from filelock import FileLock, Timeout
 
-from pytest_qemu.errors import CacheFull
+from pytest_qemu.errors import CacheFull, SetupError
 
 
 def default_cache_dir() -> Path:
@@ -23,10 +23,16 @@ def default_cache_dir() -> Path:
     ``$PYTEST_QEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-qemu``, else
     ``~/.cache/pytest-qemu``.
     """
+    return default_cache_dir_and_source()[0]
+
+
+def default_cache_dir_and_source() -> tuple[Path, str]:
+    """:func:`default_cache_dir`, and what chose it (a variable's name, or ``~/.cache``)."""
     if configured := os.environ.get("PYTEST_QEMU_CACHE_DIR"):
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pytest-qemu"
+        return Path(configured).expanduser().absolute(), "PYTEST_QEMU_CACHE_DIR"
+    if base := os.environ.get("XDG_CACHE_HOME"):
+        return Path(base).expanduser().absolute() / "pytest-qemu", "XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "pytest-qemu", "the default ~/.cache"
 
 
 def file_fingerprint(path: Path) -> str:
@@ -122,7 +128,13 @@ class BuildCache:
         except OSError as error:
             if is_out_of_space(error):
                 raise cache_full_error(directory, f"{kind} {target.name}", error) from None
-            raise
+            if error.filename is None:
+                raise  # not the cache's own file: the builder's error, already worded
+            raise SetupError(
+                f"cannot write {kind} {target.name} to the pytest-qemu cache in {directory} "
+                f"({error.strerror}: {error.filename}): give --qemu-cache-dir (or "
+                "PYTEST_QEMU_CACHE_DIR) a directory you can write to"
+            ) from None
         return target
 
     def _build(

@@ -42,15 +42,18 @@ def make_settings(cache_dir: Path, **overrides: object) -> QemuSettings:
 
 
 @contextlib.contextmanager
-def small_tmpfs(directory: Path, size_kib: int, inodes: int | None = None) -> Iterator[Path]:
-    """A tmpfs of *size_kib* KiB (and at most *inodes* files) mounted on *directory*
-    (created), unmounted afterwards: a disk that fills up. Needs root; skips otherwise."""
+def small_tmpfs(
+    directory: Path, size_kib: int, inodes: int | None = None, read_only: bool = False
+) -> Iterator[Path]:
+    """A tmpfs of *size_kib* KiB (and at most *inodes* files; *read_only*) mounted on
+    *directory* (created), unmounted afterwards: a disk that fills up, or a read-only
+    one. Needs root; skips otherwise."""
     import pytest
 
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     directory.mkdir(parents=True, exist_ok=True)
-    limit = "" if inodes is None else f",nr_inodes={inodes}"
+    limit = ("" if inodes is None else f",nr_inodes={inodes}") + (",ro" if read_only else "")
     subprocess.run(
         [
             "mount",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Generator
@@ -62,7 +63,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     the first VMs will be building the guest and templates."""
     session = QemuSession.of(config)
     lines = []
-    if not any((session.cache_dir / "snapshots").glob("*.state")):
+    built = False
+    with contextlib.suppress(OSError):
+        built = any((session.cache_dir / "snapshots").glob("*.state"))
+    if not built:
         # Say so up front: the first VMs take seconds each, not tens of milliseconds.
         lines.append(
             f"pytest-qemu: nothing built yet in {session.cache_dir}: the first VMs build the "
@@ -70,7 +74,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
             "a VM template per hardware layout (a boot each); later runs reuse them"
         )
     if session.settings.accel != "tcg" or config.getoption("verbose"):
-        lines.append(f"pytest-qemu: {session.accelerator().notice}")
+        try:
+            lines.append(f"pytest-qemu: {session.accelerator().notice}")
+        except QemuError as error:
+            # QEMU missing, say: each test that starts a VM fails with this, as a test error.
+            lines.append(f"pytest-qemu: VMs cannot start: {error}")
     return lines or None
 
 
@@ -91,7 +99,18 @@ def pytest_runtest_makereport(
                 report.sections.append((f"qemu vm{index} ({vm.log_dir})", vm_report(vm)))
                 kept = vm.log_dir
                 if log_dir is not None:
-                    kept = gather_logs(vm, log_dir / _safe_name(item.nodeid) / f"vm{index}")
+                    destination = log_dir / _safe_name(item.nodeid) / f"vm{index}"
+                    try:
+                        kept = gather_logs(vm, destination)
+                    except OSError as error:
+                        # The test's own result matters more than the copy of its logs.
+                        report.sections.append(
+                            (
+                                f"qemu vm{index} logs",
+                                f"could not copy the logs to {destination} ({error}); "
+                                f"they are in {vm.log_dir}",
+                            )
+                        )
                 # JUnit XML carries these as <property> elements of the test case; it
                 # reads them from the teardown report, which copies the item's.
                 prop = (f"qemu_vm{index}_logs", str(kept))
