@@ -124,6 +124,19 @@ def _safe_name(nodeid: str) -> str:
     return re.sub(r"[^\w.-]+", "_", nodeid).strip("_")[:150]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``qemu`` marker with an unknown keyword or a wrong value fails the test's setup,
+    naming it, before any VM starts."""
+    from pytest_qemu.plugin.keywords import check_marker
+
+    for marker in item.iter_markers("qemu"):
+        try:
+            check_marker(marker.args, marker.kwargs)
+        except QemuError as error:
+            pytest.fail(str(error), pytrace=False)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     """After a test body passes, fail it if a guest kernel of its VMs logged trouble."""

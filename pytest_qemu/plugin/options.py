@@ -16,9 +16,9 @@ from pytest_qemu.cache import default_cache_dir_and_source
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.platforms import Platform, get_platform
+from pytest_qemu.plugin.keywords import USERLAND_CHOICES
 
 ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
-USERLAND_CHOICES = ("busybox", "host")
 
 # (name, help, default): each is --qemu-NAME on the command line and qemu_NAME in the ini file.
 _OPTIONS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -516,7 +517,7 @@ class VM:
         :class:`GuestUnresponsive` is raised. Output of any size is kept (see
         :class:`CommandResult`).
         """
-        _check_command_arguments(command, timeout, env, cwd)
+        _check_command_arguments(command, timeout, env, cwd, input)
         request = CommandRequest(
             command,
             stdin=input.encode() if isinstance(input, str) else bytes(input),
@@ -585,6 +586,7 @@ class VM:
         file is written under a temporary name and renamed, so it is never
         seen half-written.
         """
+        _check_timeout(timeout)
         source = Path(host_path)
         if not source.is_file():
             raise ConfigurationError(f"cannot copy {str(host_path)!r} to the guest: not a file")
@@ -607,6 +609,7 @@ class VM:
 
         Returns the host path. *host_path* may be an existing directory.
         """
+        _check_timeout(timeout)
         _check_guest_path(guest_path)
         destination = Path(host_path)
         if destination.is_dir():
@@ -771,16 +774,17 @@ def _excerpt(text: str) -> str:
     return f"{text[:half]}\n[... {len(text) - _EXCERPT_LIMIT} characters ...]\n{text[-half:]}"
 
 
-def _check_command_arguments(command: object, timeout: object, env: object, cwd: object) -> None:
+def _check_command_arguments(
+    command: object, timeout: object, env: object, cwd: object, stdin: object = b""
+) -> None:
     if not isinstance(command, str):
         raise ConfigurationError(f"a guest command must be a string, not {command!r}")
     if "\0" in command:
         raise ConfigurationError(f"guest command {command!r} contains a NUL character")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
+    _check_timeout(timeout)
+    if not isinstance(stdin, (bytes, bytearray, memoryview, str)):
         raise ConfigurationError(
-            f"timeout {timeout!r} is not valid: give a number of seconds above 0, or None"
+            f"input {stdin!r} is not valid: give bytes or str (b'' for no input)"
         )
     if env is not None:
         if not isinstance(env, dict):
@@ -799,6 +803,18 @@ def _check_command_arguments(command: object, timeout: object, env: object, cwd:
                 )
     if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
         raise ConfigurationError(f"cwd {cwd!r} is not a valid guest directory")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses NaN
+    ):
+        raise ConfigurationError(
+            f"timeout {timeout!r} is not valid: give a finite number of seconds above 0, "
+            "or None for no limit"
+        )
 
 
 def _check_guest_path(path: object) -> None:

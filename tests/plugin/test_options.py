@@ -188,3 +188,36 @@ def test_a_first_run_says_what_it_will_build(pytester: pytest.Pytester, tmp_path
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess(f"--qemu-cache-dir={tmp_path / 'empty'}")
     result.stdout.fnmatch_lines(["*pytest-qemu: nothing built yet in *: the first VMs build*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("memroy=512", "*@pytest.mark.qemu has no keyword 'memroy': the known keywords are arch, "
+         "userland, snapshot, kernel_warnings*"),
+        ("'aarch64'", "*@pytest.mark.qemu('aarch64',) takes keywords only*arch, userland*"),
+        ("snapshot='no'", "*@pytest.mark.qemu: snapshot 'no' is not valid: give True or False*"),
+        ("kernel_warnings='off'", "*@pytest.mark.qemu: kernel_warnings 'off' is not valid*"),
+        ("userland='alpine'", "*@pytest.mark.qemu: userland 'alpine' is not valid*"),
+    ],
+)  # fmt: skip
+def test_a_bad_qemu_marker_fails_the_test_naming_the_keyword(
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.qemu({marker})
+        def test_vm(qemu_vm_factory):
+            raise AssertionError("the test ran")
+
+        @pytest.mark.qemu(arch="x86_64", snapshot=False, kernel_warnings=False, userland="host")
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--qemu-accel=tcg")
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_vm*", message])
+    assert "the test ran" not in result.stdout.str()
