@@ -61,6 +61,9 @@ from pytest_qemu.vm.snapshotting import start_from_snapshot
 from pytest_qemu.vm.transcript import Transcript
 
 _SOCKET_WAIT = 10.0
+#: How long an agent that died may take to come back before the VM is judged by QEMU's
+#: state alone (a guest powering off closes the agent's port before QEMU exits).
+_AGENT_RETURN_WAIT = 10.0
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
 
@@ -155,6 +158,8 @@ class VM:
         self.transcript = Transcript(self.log_dir / "transcript.log")
         self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
         self._launched: _Launch | None = None
+        #: The reason of QEMU's SHUTDOWN event ("guest-shutdown"...), once it came.
+        self._shutdown_reason: str | None = None
         self._lifecycle_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._started = False
@@ -254,8 +259,10 @@ class VM:
     ) -> None:
         """Once QEMU runs: its QMP session, listening for the channel's port events."""
         qmp = QMPConnection(f"vm-{process.pid}")
+        self._shutdown_reason = None
         if self._channel.serial_port_id is not None:
             qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
+        qmp.on_events(["SHUTDOWN"], self._on_shutdown_event)
         for name, callback in events.items():
             qmp.on_events([name], callback)
         self._launched = _Launch(process, qmp)
@@ -359,6 +366,42 @@ class VM:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def _agent_back_or_vm_gone(self) -> bool:
+        """After the agent's port closed: True once the agent answers again, False if
+        QEMU is gone or going.
+
+        A guest that powers off (``poweroff -f``, ``reboot -f`` under ``-no-reboot``)
+        closes the port first and QEMU exits a moment later, a long moment on a busy
+        host: wait for one or the other instead of guessing.
+        """
+        try:
+            self._channel.settle(time.monotonic() + _AGENT_RETURN_WAIT)
+        except ChannelError:
+            pass  # closed (QEMU gone) or no answer: QEMU's state decides
+        return self._shutdown_reason is None and not self._has_exited()
+
+    def _on_shutdown_event(self, _name: str, data: dict[str, Any]) -> None:
+        self._shutdown_reason = str(data.get("reason", "unknown"))
+
+    def _exit_reason(self) -> str:
+        """Why QEMU exited, in words: the guest's own power-off or reset, a signal..."""
+        reason = self._shutdown_reason
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU reported SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-reset":
+            return (
+                "the guest rebooted (QEMU reported SHUTDOWN, reason guest-reset; VMs run with "
+                "-no-reboot, so a reboot ends QEMU)"
+            )
+        if reason == "guest-panic":
+            return "the guest kernel panicked (QEMU reported SHUTDOWN, reason guest-panic)"
+        if reason is not None:
+            return f"QEMU reported SHUTDOWN, reason {reason}"
+        status = self.returncode
+        if status is not None and status < 0:
+            return f"QEMU was killed by signal {-status}"
+        return f"QEMU exited with status {status}"
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM: QMP ``quit``, then kill it if that fails within *timeout*.
@@ -666,6 +709,13 @@ class VM:
             except (CommandTimedOut, RequestRefused):
                 raise
             except AgentGone as error:
+                if not self._agent_back_or_vm_gone():
+                    self.kill()
+                    raise VMExited(
+                        self.failure_report(
+                            f"QEMU exited while trying to {action}: {self._exit_reason()}"
+                        )
+                    ) from None
                 raise AgentDied(
                     self.failure_report(
                         f"the guest's command agent died while trying to {action} ({error}); "
@@ -677,7 +727,9 @@ class VM:
                 self._has_exited()
                 self.kill()
                 raise VMExited(
-                    self.failure_report(f"QEMU exited while trying to {action} ({error})")
+                    self.failure_report(
+                        f"QEMU exited while trying to {action}: {self._exit_reason()} ({error})"
+                    )
                 ) from None
             except NoReply:
                 self.kill()
