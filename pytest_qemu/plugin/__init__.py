@@ -156,10 +156,26 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    """xdist controller: add a finished worker's VM figures to the run's."""
+    """xdist controller: add a finished worker's VM figures to the run's; after a
+    worker crashed, remove the run directories it could not."""
     data = getattr(node, "workeroutput", {}).get("pytest_qemu_stats")
     if data:
         QemuSession.of(node.config).stats.merge(data)
+    if error is not None:
+        _sweep_run_directories()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """xdist controller, once its workers are gone (a killed one is reaped only now):
+    remove the run directories of workers that died without their teardown."""
+    if config.pluginmanager.has_plugin("dsession"):
+        _sweep_run_directories()
+
+
+def _sweep_run_directories() -> None:
+    from pytest_qemu.vm.rundir import remove_orphaned_run_directories
+
+    remove_orphaned_run_directories()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
