@@ -6,6 +6,8 @@ built once per source and compiler and kept in the build cache.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,6 +50,9 @@ def build_agent(cache: BuildCache, platform: Platform) -> Path:
         finally:
             source_path.unlink(missing_ok=True)
         if result.returncode != 0:
+            if "No space left on device" in result.stderr:
+                # The cache's file system is full: BuildCache says so, naming the directory.
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), out.name)
             raise SetupError(
                 f"compiling the guest agent with {compiler_path} failed (a static C library is "
                 f"needed: `apt-get install {' '.join(platform.compiler_packages)}`):\n"

@@ -130,11 +130,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     naming it, before any VM starts."""
     from pytest_qemu.plugin.keywords import check_marker
 
+    failure = None
     for marker in item.iter_markers("qemu"):
         try:
             check_marker(marker.args, marker.kwargs)
         except QemuError as error:
-            pytest.fail(str(error), pytrace=False)
+            failure = str(error)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -143,8 +143,12 @@ def _factory(
         platform = session.platform(_text(options.get("arch")))
         settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
         session.accelerator(platform)
+        failure = None
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    if failure is not None:
+        # Outside the except block: pytest would show the message twice, chained.
+        pytest.fail(failure, pytrace=False)
     from pytest_qemu.plugin.factory import VMFactory
 
     return VMFactory(
@@ -175,7 +179,9 @@ def qemu_vm(
     try:
         return qemu_vm_factory(devices=qemu_devices)
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    # Outside the except block: pytest would show the message twice, chained.
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture
