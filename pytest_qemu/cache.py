@@ -77,7 +77,7 @@ def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterato
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
-def is_out_of_space(error: BaseException) -> bool:
+def _is_out_of_space(error: BaseException) -> bool:
     """Whether *error* (or what caused it) says a file system is full."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in _NO_ROOM:
@@ -86,7 +86,7 @@ def is_out_of_space(error: BaseException) -> bool:
     return False
 
 
-def cache_full_error(directory: Path, what: str, error: BaseException) -> CacheFull:
+def _cache_full_error(directory: Path, what: str) -> CacheFull:
     """The error for a cache whose file system filled up while writing *what*."""
     return CacheFull(
         f"the pytest-qemu cache is full: writing {what} in {directory} failed "
@@ -126,10 +126,10 @@ class BuildCache:
                 if not self._intact(target):
                     self._build(directory, key, target, build)
         except OSError as error:
-            if is_out_of_space(error):
-                raise cache_full_error(directory, f"{kind} {target.name}", error) from None
-            if error.filename is None:
-                raise  # not the cache's own file: the builder's error, already worded
+            if _is_out_of_space(error):
+                raise _cache_full_error(directory, f"{kind} {target.name}") from None
+            if not str(error.filename or "").startswith(f"{self.root}{os.sep}"):
+                raise  # not about the cache's own files: the builder's error, as it is
             raise SetupError(
                 f"cannot write {kind} {target.name} to the pytest-qemu cache in {directory} "
                 f"({error.strerror}: {error.filename}): give --qemu-cache-dir (or "
