@@ -38,6 +38,17 @@ class SetupError(QemuError):
     """Something the plugin needs on the host is missing (QEMU, a kernel, busybox)."""
 
 
+class CacheFull(SetupError):
+    """The file system holding pytest-qemu's cache is full: the message names the
+    directory. VMs boot without a template where they can."""
+
+
+class CacheWarning(UserWarning):
+    """The cache could not hold a build product (its file system is full): the VM
+    started a slower way (a plain boot, the compressed kernel); the message says which
+    directory to free."""
+
+
 class VMError(QemuError):
     """A virtual machine failed; the message includes its command line and last output."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from collections.abc import Generator
@@ -69,7 +70,10 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     the first VMs will be building the guest and templates."""
     session = QemuSession.of(config)
     lines = []
-    if not any((session.cache_dir / "snapshots").glob("*.state")):
+    built = False
+    with contextlib.suppress(OSError):
+        built = any((session.cache_dir / "snapshots").glob("*.state"))
+    if not built:
         # Say so up front: the first VMs take seconds each, not tens of milliseconds.
         lines.append(
             f"pytest-qemu: nothing built yet in {session.cache_dir}: the first VMs build the "
@@ -77,7 +81,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
             "a VM template per hardware layout (a boot each); later runs reuse them"
         )
     if session.settings.accel != "tcg" or config.getoption("verbose"):
-        lines.append(f"pytest-qemu: {session.accelerator().notice}")
+        try:
+            lines.append(f"pytest-qemu: {session.accelerator().notice}")
+        except QemuError as error:
+            # QEMU missing, say: each test that starts a VM fails with this, as a test error.
+            lines.append(f"pytest-qemu: VMs cannot start: {error}")
     return lines or None
 
 
@@ -101,7 +109,18 @@ def pytest_runtest_makereport(
                 report.sections.append((f"qemu vm{index} ({vm.log_dir})", render_parts(parts)))
                 kept = vm.log_dir
                 if log_dir is not None:
-                    kept = gather_logs(vm, log_dir / _safe_name(item.nodeid) / f"vm{index}")
+                    destination = log_dir / _safe_name(item.nodeid) / f"vm{index}"
+                    try:
+                        kept = gather_logs(vm, destination)
+                    except OSError as error:
+                        # The test's own result matters more than the copy of its logs.
+                        report.sections.append(
+                            (
+                                f"qemu vm{index} logs",
+                                f"could not copy the logs to {destination} ({error}); "
+                                f"they are in {vm.log_dir}",
+                            )
+                        )
                 # The HTML and Allure reports, if written; links to the logs kept for good.
                 add_report_extras(
                     item.config, report, f"vm{index}", parts, kept if log_dir else None
@@ -117,6 +136,22 @@ def pytest_runtest_makereport(
 
 def _safe_name(nodeid: str) -> str:
     return re.sub(r"[^\w.-]+", "_", nodeid).strip("_")[:150]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``qemu`` marker with an unknown keyword or a wrong value fails the test's setup,
+    naming it, before any VM starts."""
+    from pytest_qemu.plugin.keywords import check_marker
+
+    failure = None
+    for marker in item.iter_markers("qemu"):
+        try:
+            check_marker(marker.args, marker.kwargs)
+        except QemuError as error:
+            failure = str(error)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -143,10 +178,26 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    """xdist controller: add a finished worker's VM figures to the run's."""
+    """xdist controller: add a finished worker's VM figures to the run's; after a
+    worker crashed, remove the run directories it could not."""
     data = getattr(node, "workeroutput", {}).get("pytest_qemu_stats")
     if data:
         QemuSession.of(node.config).stats.merge(data)
+    if error is not None:
+        _sweep_run_directories()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """xdist controller, once its workers are gone (a killed one is reaped only now):
+    remove the run directories of workers that died without their teardown."""
+    if config.pluginmanager.has_plugin("dsession"):
+        _sweep_run_directories()
+
+
+def _sweep_run_directories() -> None:
+    from pytest_qemu.vm.rundir import remove_orphaned_run_directories
+
+    remove_orphaned_run_directories()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -15,7 +15,7 @@ from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.host_userland import HostUserlandGuest
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
-from pytest_qemu.plugin.options import USERLAND_CHOICES
+from pytest_qemu.plugin.keywords import check_keywords
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.machine import VM
@@ -112,13 +112,23 @@ class VMFactory:
         credentials: tuple[str, str] | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
+        check_keywords(
+            {
+                "memory": memory,
+                "cpus": cpus,
+                "boot_timeout": boot_timeout,
+                "snapshot": snapshot,
+                "arch": arch,
+                "userland": userland,
+            }
+        )
         arch = arch if arch is not None else _optional_str(self._defaults.get("arch"))
         userland = userland or _optional_str(self._defaults.get("userland"))
         vcpus = cpus if cpus is not None else self._defaults.get("cpus", 1)
         device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
-            devices, memory, vcpus, boot_timeout, kernel_args, qemu_args
+            devices, kernel_args, qemu_args
         )
-        assert isinstance(vcpus, int)  # checked: a marker's cpus= can be anything
+        assert isinstance(vcpus, int)  # checked with the marker (plugin/keywords.py)
         settings = self._session.settings
         kernel_path = _existing(kernel, "kernel") or settings.kernel
         initramfs_path = _existing(initramfs, "initramfs") or settings.initramfs
@@ -202,10 +212,6 @@ class VMFactory:
     def _guest(
         self, arch: str | None, userland: str, kernel: Path | None, initramfs: Path | None
     ) -> Guest:
-        if userland not in USERLAND_CHOICES:
-            raise ConfigurationError(
-                f"userland {userland!r} is not valid: use one of {USERLAND_CHOICES}"
-            )
         base = self._session.default_guest(self._session.platform(arch))
         if userland == "host":
             if kernel is not None or initramfs is not None:
@@ -237,13 +243,11 @@ def _optional_str(value: object) -> str | None:
 
 def _checked_arguments(
     devices: object,
-    memory: object,
-    cpus: object,
-    boot_timeout: object,
     kernel_args: object,
     qemu_args: object,
 ) -> tuple[list[Device], list[str], list[str]]:
-    """Check the factory's arguments before any guest file is built: a typo fails at once."""
+    """Check the factory's list arguments before any guest file is built: a typo fails at
+    once (its single values are checked by :func:`check_keywords`, as the marker's are)."""
     if isinstance(kernel_args, str) or isinstance(qemu_args, str):
         raise ConfigurationError(
             "kernel_args and qemu_args take a list of arguments, not one string: "
@@ -260,23 +264,6 @@ def _checked_arguments(
             raise ConfigurationError(
                 f"{device!r} is not a pytest_qemu Device: devices must be Device instances"
             )
-    if memory is not None and (
-        isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0
-    ):
-        raise ConfigurationError(
-            f"memory {memory!r} MiB is not valid: give a whole number of MiB, at most 1048576"
-        )
-    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
-        raise ConfigurationError(f"cpus {cpus!r} is not valid: give a number from 1 to 255")
-    if boot_timeout is not None and (
-        isinstance(boot_timeout, bool)
-        or not isinstance(boot_timeout, (int, float))
-        or not 0 < boot_timeout < float("inf")
-    ):
-        raise ConfigurationError(
-            f"boot_timeout {boot_timeout!r} is not valid: give a number of seconds "
-            "greater than 0, such as boot_timeout=60"
-        )
     lists: list[list[str]] = []
     for name, arguments in (("kernel_args", kernel_args), ("qemu_args", qemu_args)):
         if not isinstance(arguments, Iterable):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
-from pytest_qemu.errors import ConfigurationError, QemuError
+from pytest_qemu.errors import QemuError
 from pytest_qemu.guests.prebuilt import agent_mode
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
@@ -154,10 +154,6 @@ def snapshots_wanted(request: pytest.FixtureRequest) -> bool:
     return qemu_marker_kwargs(request.node).get("snapshot") is not False
 
 
-#: What ``@pytest.mark.qemu(...)`` takes.
-MARKER_OPTIONS = ("snapshot", "arch", "userland", "cpus", "kernel_warnings")
-
-
 def qemu_marker_kwargs(node: pytest.Item) -> dict[str, object]:
     """The options of every ``qemu`` marker on *node*, the closest winning each option.
 
@@ -171,14 +167,9 @@ def qemu_marker_kwargs(node: pytest.Item) -> dict[str, object]:
 
 
 def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
-    """The VM options a test's ``qemu`` marker sets (``arch``, ``userland``...)."""
+    """The VM options a test's ``qemu`` markers set (``arch``, ``userland``...); the
+    markers were checked before the test's setup (``plugin/keywords.py``)."""
     marked = qemu_marker_kwargs(request.node)
-    unknown = sorted(set(marked) - set(MARKER_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"the qemu marker has no option {', '.join(map(repr, unknown))}: "
-            f"it takes {', '.join(MARKER_OPTIONS)}"
-        )
     return {
         name: value for name, value in marked.items() if name not in ("snapshot", "kernel_warnings")
     }

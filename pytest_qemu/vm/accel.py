@@ -12,6 +12,7 @@ cache directory does not pay the 5 s probe again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -216,10 +217,15 @@ def cached_probe(
     except (OSError, ValueError, KeyError, TypeError):
         pass
     result = probe_accelerator(qemu, accelerator, kernel)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
+        os.replace(temporary, path)
+    except OSError:
+        # A full or read-only cache: the answer holds for this run all the same.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     return result
 
 

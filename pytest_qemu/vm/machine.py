@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -61,6 +62,9 @@ from pytest_qemu.vm.snapshotting import start_from_snapshot
 from pytest_qemu.vm.transcript import Transcript
 
 _SOCKET_WAIT = 10.0
+#: How long an agent that died may take to come back before the VM is judged by QEMU's
+#: state alone (a guest powering off closes the agent's port before QEMU exits).
+_AGENT_RETURN_WAIT = 10.0
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
 
@@ -155,6 +159,8 @@ class VM:
         self.transcript = Transcript(self.log_dir / "transcript.log")
         self.console = Console(self._paths.console_log, self._paths.console_socket, self.is_running)
         self._launched: _Launch | None = None
+        #: The reason of QEMU's SHUTDOWN event ("guest-shutdown"...), once it came.
+        self._shutdown_reason: str | None = None
         self._lifecycle_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._started = False
@@ -254,18 +260,32 @@ class VM:
     ) -> None:
         """Once QEMU runs: its QMP session, listening for the channel's port events."""
         qmp = QMPConnection(f"vm-{process.pid}")
+        self._shutdown_reason = None
         if self._channel.serial_port_id is not None:
             qmp.on_events(["VSERPORT_CHANGE"], self._on_serial_port_event)
+        qmp.on_events(["SHUTDOWN"], self._on_shutdown_event)
         for name, callback in events.items():
             qmp.on_events([name], callback)
         self._launched = _Launch(process, qmp)
+        wait = self._socket_wait()
         try:
             connection = connect_unix(
-                self._paths.qmp_socket, time.monotonic() + _SOCKET_WAIT, self.is_running
+                self._paths.qmp_socket, time.monotonic() + wait, self.is_running
             )
-            qmp.connect(connection, _SOCKET_WAIT)
+            qmp.connect(connection, wait)
         except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
-            raise self._start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
+            raise self._start_failure(
+                f"cannot connect to QEMU's QMP socket within {wait:g} s ({_describe(error)})"
+            ) from None
+
+    def _socket_wait(self) -> float:
+        """How long QEMU may take to answer on its sockets after it starts.
+
+        Dozens of QEMUs starting at once on a few busy cores took longer than
+        ``_SOCKET_WAIT`` to greet on QMP (16 tests at ``-n 16``, 3 VMs each): allow
+        the boot timeout. A QEMU that exits ends the wait at once.
+        """
+        return max(_SOCKET_WAIT, self.boot_timeout)
 
     def _on_serial_port_event(self, name: str, data: dict[str, Any]) -> None:
         if data.get("id") == self._channel.serial_port_id:
@@ -277,10 +297,10 @@ class VM:
         *resumed*: the guest was restored (it will not announce itself).
         """
         try:
-            self._channel.connect(time.monotonic() + _SOCKET_WAIT, self.is_running)
+            self._channel.connect(time.monotonic() + self._socket_wait(), self.is_running)
         except OSError as error:
             raise self._start_failure(
-                f"cannot connect to the command channel's socket ({error})"
+                f"cannot connect to the command channel's socket ({_describe(error)})"
             ) from None
         try:
             self._boot_setup_status = self._channel.wait_ready(deadline, resumed=resumed)
@@ -348,6 +368,42 @@ class VM:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def _agent_back_or_vm_gone(self) -> bool:
+        """After the agent's port closed: True once the agent answers again, False if
+        QEMU is gone or going.
+
+        A guest that powers off (``poweroff -f``, ``reboot -f`` under ``-no-reboot``)
+        closes the port first and QEMU exits a moment later, a long moment on a busy
+        host: wait for one or the other instead of guessing.
+        """
+        try:
+            self._channel.settle(time.monotonic() + _AGENT_RETURN_WAIT)
+        except ChannelError:
+            pass  # closed (QEMU gone) or no answer: QEMU's state decides
+        return self._shutdown_reason is None and not self._has_exited()
+
+    def _on_shutdown_event(self, _name: str, data: dict[str, Any]) -> None:
+        self._shutdown_reason = str(data.get("reason", "unknown"))
+
+    def _exit_reason(self) -> str:
+        """Why QEMU exited, in words: the guest's own power-off or reset, a signal..."""
+        reason = self._shutdown_reason
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU reported SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-reset":
+            return (
+                "the guest rebooted (QEMU reported SHUTDOWN, reason guest-reset; VMs run with "
+                "-no-reboot, so a reboot ends QEMU)"
+            )
+        if reason == "guest-panic":
+            return "the guest kernel panicked (QEMU reported SHUTDOWN, reason guest-panic)"
+        if reason is not None:
+            return f"QEMU reported SHUTDOWN, reason {reason}"
+        status = self.returncode
+        if status is not None and status < 0:
+            return f"QEMU was killed by signal {-status}"
+        return f"QEMU exited with status {status}"
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the VM: QMP ``quit``, then kill it if that fails within *timeout*.
@@ -506,7 +562,7 @@ class VM:
         :class:`GuestUnresponsive` is raised. Output of any size is kept (see
         :class:`CommandResult`).
         """
-        _check_command_arguments(command, timeout, env, cwd)
+        _check_command_arguments(command, timeout, env, cwd, input)
         request = CommandRequest(
             command,
             stdin=input.encode() if isinstance(input, str) else bytes(input),
@@ -575,6 +631,7 @@ class VM:
         file is written under a temporary name and renamed, so it is never
         seen half-written.
         """
+        _check_timeout(timeout)
         source = Path(host_path)
         if not source.is_file():
             raise ConfigurationError(f"cannot copy {str(host_path)!r} to the guest: not a file")
@@ -597,6 +654,7 @@ class VM:
 
         Returns the host path. *host_path* may be an existing directory.
         """
+        _check_timeout(timeout)
         _check_guest_path(guest_path)
         destination = Path(host_path)
         if destination.is_dir():
@@ -653,6 +711,13 @@ class VM:
             except (CommandTimedOut, RequestRefused):
                 raise
             except AgentGone as error:
+                if not self._agent_back_or_vm_gone():
+                    self.kill()
+                    raise VMExited(
+                        self.failure_report(
+                            f"QEMU exited while trying to {action}: {self._exit_reason()}"
+                        )
+                    ) from None
                 raise AgentDied(
                     self.failure_report(
                         f"the guest's command agent died while trying to {action} ({error}); "
@@ -664,7 +729,9 @@ class VM:
                 self._has_exited()
                 self.kill()
                 raise VMExited(
-                    self.failure_report(f"QEMU exited while trying to {action} ({error})")
+                    self.failure_report(
+                        f"QEMU exited while trying to {action}: {self._exit_reason()} ({error})"
+                    )
                 ) from None
             except NoReply:
                 self.kill()
@@ -739,6 +806,11 @@ class VM:
         return f"<VM pid={self.pid} {state} devices={list(self.spec.devices)!r}>"
 
 
+def _describe(error: BaseException) -> str:
+    """*error* in words, even when its message is empty (a bare ``TimeoutError()``)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error)
     return text.splitlines()[0] if text else ""
@@ -756,16 +828,17 @@ def _excerpt(text: str) -> str:
     return f"{text[:half]}\n[... {len(text) - _EXCERPT_LIMIT} characters ...]\n{text[-half:]}"
 
 
-def _check_command_arguments(command: object, timeout: object, env: object, cwd: object) -> None:
+def _check_command_arguments(
+    command: object, timeout: object, env: object, cwd: object, stdin: object = b""
+) -> None:
     if not isinstance(command, str):
         raise ConfigurationError(f"a guest command must be a string, not {command!r}")
     if "\0" in command:
         raise ConfigurationError(f"guest command {command!r} contains a NUL character")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
+    _check_timeout(timeout)
+    if not isinstance(stdin, (bytes, bytearray, memoryview, str)):
         raise ConfigurationError(
-            f"timeout {timeout!r} is not valid: give a number of seconds above 0, or None"
+            f"input {stdin!r} is not valid: give bytes or str (b'' for no input)"
         )
     if env is not None:
         if not isinstance(env, dict):
@@ -784,6 +857,18 @@ def _check_command_arguments(command: object, timeout: object, env: object, cwd:
                 )
     if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
         raise ConfigurationError(f"cwd {cwd!r} is not a valid guest directory")
+
+
+def _check_timeout(timeout: object) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses NaN
+    ):
+        raise ConfigurationError(
+            f"timeout {timeout!r} is not valid: give a finite number of seconds above 0, "
+            "or None for no limit"
+        )
 
 
 def _check_guest_path(path: object) -> None:

@@ -14,7 +14,9 @@ unless QEMU failed because of the user's set-up, which booting would not cure.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import threading
 import time
 import warnings
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from qemu.qmp import QMPError
 
-from pytest_qemu.errors import ConfigurationError, VMError, VMExited
+from pytest_qemu.errors import CacheWarning, ConfigurationError, VMError, VMExited
 from pytest_qemu.guests.overlays import create_overlay
 from pytest_qemu.sockets import listen_unix
 from pytest_qemu.vm.argv import build_command_line, incoming_uri
@@ -53,15 +55,54 @@ def start_from_snapshot(vm: VM, snapshot: Snapshot, started: float) -> None:
     """Clone *snapshot* into *vm*, building the template first if there is none."""
     if snapshot.exists() and _clone(vm, snapshot):
         return
+    no_room: str | None = None
     # One process builds the template; the others wait here, then clone it.
     with snapshot.building():
-        if not snapshot.exists() and _build_template(vm, snapshot, started):
-            # The template could not be saved, and its VM ran on as this test's VM.
-            return
-    if not _clone(vm, snapshot):
+        if not snapshot.exists():
+            no_room = _no_room_for_template(vm.spec.memory, snapshot.ram.parent)
+            if no_room is None and _build_template(vm, snapshot, started):
+                # The template could not be saved, and its VM ran on as this test's VM.
+                return
+    if no_room is not None:
+        _boot_without_template(vm, no_room)
+    elif not _clone(vm, snapshot):
         # Waiting for the builder may have taken a while: give the boot its full time.
         vm._boot(time.monotonic())
         vm._personalise()
+
+
+#: Room for a template's device state and console log, beside its RAM file.
+_TEMPLATE_EXTRA_MIB = 16
+
+
+def _no_room_for_template(memory_mib: int, directory: Path) -> str | None:
+    """Why a template cannot be built in *directory* (None if it can).
+
+    A template's RAM file is sparse, but the guest may touch all of it: on a file
+    system without that room QEMU dies of SIGBUS. Better to boot plainly, and say why.
+    """
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return None  # the build itself reports an unusable directory
+    free_mib = stats.f_bavail * stats.f_frsize // (1024 * 1024)
+    if free_mib >= memory_mib + _TEMPLATE_EXTRA_MIB:
+        return None
+    return (
+        f"the pytest-qemu cache is full: {directory} has {free_mib} MiB free, less than the "
+        f"{memory_mib + _TEMPLATE_EXTRA_MIB} MiB a VM template of {memory_mib} MiB of memory "
+        "may fill, so this VM boots instead of being cloned (slower). Free space there, or "
+        "point --qemu-cache-dir (or PYTEST_QEMU_CACHE_DIR) at a larger file system"
+    )
+
+
+def _boot_without_template(vm: VM, reason: str) -> None:
+    """Boot *vm* plainly because no template could be kept, and say so."""
+    vm.boot_reason = reason
+    warnings.warn(CacheWarning(reason), stacklevel=5)
+    vm.transcript.add(f"booting without a template: {reason}")
+    vm._boot(time.monotonic())
+    vm._personalise()
 
 
 def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
@@ -71,6 +112,7 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
     template VM then carries on as *vm* itself, personalised.
     """
     partial_ram = snapshot.partial_ram_path()
+    plain_argv = vm.argv
     argv = build_command_line(
         vm.spec,
         vm._paths,
@@ -80,9 +122,23 @@ def _build_template(vm: VM, snapshot: Snapshot, started: float) -> bool:
         share_memory=True,
     ).argv
     try:
-        vm._launch(argv, console_prefix=None)
-        vm.argv = argv
-        vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
+        try:
+            vm._launch(argv, console_prefix=None)
+            vm.argv = argv
+            vm._wait_until_ready(started + vm.boot_timeout, resumed=False)
+        except VMError:
+            if vm.returncode != -signal.SIGBUS:
+                raise
+            # The RAM file's file system filled up under the guest (another process took
+            # the room measured before): boot without a template.
+            vm._stop_process()
+            vm.argv = plain_argv
+            reason = _no_room_for_template(vm.spec.memory, snapshot.ram.parent) or (
+                f"the template VM died of SIGBUS: its RAM file in {snapshot.ram.parent} "
+                "could not grow (is that file system full?)"
+            )
+            _boot_without_template(vm, reason)
+            return True
         vm._channel.settle(started + vm.boot_timeout)
         if _save(vm, snapshot, partial_ram, _template_files(vm)):
             vm._stop_process()
@@ -240,8 +296,13 @@ def _save(vm: VM, snapshot: Snapshot, partial_ram: Path, disks: list[Path]) -> b
                 break
             time.sleep(0.005)
         if status == "completed":
-            snapshot.publish(partial, partial_ram, vm.console_log, disks)
-            return True
+            try:
+                snapshot.publish(partial, partial_ram, vm.console_log, disks)
+                return True
+            except OSError as error:
+                # A full cache, say: this VM runs on without a template.
+                snapshot.discard()
+                status = f"publishing it in {snapshot.state.parent} failed: {error}"
         qmp.execute("cont", None, 30)
     except QMPError as error:
         # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
