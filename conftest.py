@@ -2,4 +2,5 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["pytester"]
+# tests.markdown_examples: the Python examples of README.md and docs/ run as tests.
+pytest_plugins = ["pytester", "tests.markdown_examples"]

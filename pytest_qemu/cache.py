@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
 
 from filelock import FileLock, Timeout
+
+from pytest_qemu.errors import CacheFull, SetupError
 
 
 def default_cache_dir() -> Path:
@@ -19,10 +23,16 @@ def default_cache_dir() -> Path:
     ``$PYTEST_QEMU_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-qemu``, else
     ``~/.cache/pytest-qemu``.
     """
+    return default_cache_dir_and_source()[0]
+
+
+def default_cache_dir_and_source() -> tuple[Path, str]:
+    """:func:`default_cache_dir`, and what chose it (a variable's name, or ``~/.cache``)."""
     if configured := os.environ.get("PYTEST_QEMU_CACHE_DIR"):
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pytest-qemu"
+        return Path(configured).expanduser().absolute(), "PYTEST_QEMU_CACHE_DIR"
+    if base := os.environ.get("XDG_CACHE_HOME"):
+        return Path(base).expanduser().absolute() / "pytest-qemu", "XDG_CACHE_HOME"
+    return Path.home() / ".cache" / "pytest-qemu", "the default ~/.cache"
 
 
 def file_fingerprint(path: Path) -> str:
@@ -63,30 +73,123 @@ def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterato
         lock.release()
 
 
+#: errno values that mean the file system holding the cache has no room left.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _is_out_of_space(error: BaseException) -> bool:
+    """Whether *error* (or what caused it) says a file system is full."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _NO_ROOM:
+            return True
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return False
+
+
+def _cache_full_error(directory: Path, what: str) -> CacheFull:
+    """The error for a cache whose file system filled up while writing *what*."""
+    return CacheFull(
+        f"the pytest-qemu cache is full: writing {what} in {directory} failed "
+        f"(No space left on device). Free space on that file system, or point "
+        "--qemu-cache-dir (or PYTEST_QEMU_CACHE_DIR) at one with a few hundred MB free; "
+        "see the troubleshooting page, 'Cache problems'"
+    )
+
+
 class BuildCache:
-    """Files built once per key; other processes wait for the builder and reuse its file."""
+    """Files built once per key; other processes wait for the builder and reuse its file.
+
+    Each file is published with a record of its size and SHA-256 (``<file>.sum``),
+    checked before the file is handed out: a file that was truncated or damaged
+    since it was built is rebuilt instead of being trusted.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Files this process has checked, by (path, size, mtime, inode): checked once.
+        self._verified: set[tuple[str, int, int, int]] = set()
+        self._verified_lock = threading.Lock()
 
     def get(self, kind: str, key: str, suffix: str, build: Callable[[BinaryIO], None]) -> Path:
-        """Return the cached file for *key*, calling *build* to write it if it is missing."""
+        """Return the cached file for *key*, calling *build* to write it if it is missing
+        or does not match what was recorded when it was built.
+
+        Raises :class:`~pytest_qemu.errors.CacheFull` if the cache's file system is full.
+        """
         directory = self.root / kind
         target = directory / f"{key}{suffix}"
-        if target.exists():
+        if self._intact(target):
             return target
-        directory.mkdir(parents=True, exist_ok=True)
-        with build_lock(directory / f"{key}.lock"):
-            if not target.exists():
-                # Write beside the target and rename, so nobody ever sees half a file.
-                with tempfile.NamedTemporaryFile(
-                    dir=directory, prefix=f".{key}.", delete=False
-                ) as out:
-                    try:
-                        build(cast(BinaryIO, out))
-                    except BaseException:
-                        out.close()
-                        os.unlink(out.name)
-                        raise
-                os.replace(out.name, target)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            with build_lock(directory / f"{key}.lock"):
+                if not self._intact(target):
+                    self._build(directory, key, target, build)
+        except OSError as error:
+            if _is_out_of_space(error):
+                raise _cache_full_error(directory, f"{kind} {target.name}") from None
+            if not str(error.filename or "").startswith(f"{self.root}{os.sep}"):
+                raise  # not about the cache's own files: the builder's error, as it is
+            raise SetupError(
+                f"cannot write {kind} {target.name} to the pytest-qemu cache in {directory} "
+                f"({error.strerror}: {error.filename}): give --qemu-cache-dir (or "
+                "PYTEST_QEMU_CACHE_DIR) a directory you can write to"
+            ) from None
         return target
+
+    def _build(
+        self, directory: Path, key: str, target: Path, build: Callable[[BinaryIO], None]
+    ) -> None:
+        # Write beside the target and rename, so nobody ever sees half a file.
+        out = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{key}.", delete=False)  # noqa: SIM115
+        try:
+            with out:
+                build(cast(BinaryIO, out))
+            size, digest = _measure(Path(out.name))
+            record = Path(f"{out.name}.sum")
+            record.write_text(f"{size} {digest}\n")
+            os.replace(out.name, target)
+            os.replace(record, _record_path(target))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                out.close()
+            for leftover in (out.name, f"{out.name}.sum"):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+            raise
+
+    def _intact(self, target: Path) -> bool:
+        """Whether *target* exists with the size and checksum recorded when it was built."""
+        try:
+            stat = target.stat()
+            recorded = _record_path(target).read_text().split()
+        except (OSError, ValueError):
+            return False
+        identity = (str(target), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._verified_lock:
+            if identity in self._verified:
+                return True
+        if len(recorded) != 2 or recorded[0] != str(stat.st_size):
+            return False
+        try:
+            if _measure(target)[1] != recorded[1]:
+                return False
+        except OSError:
+            return False
+        with self._verified_lock:
+            self._verified.add(identity)
+        return True
+
+
+def _record_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}.sum")
+
+
+def _measure(path: Path) -> tuple[int, str]:
+    """The size and SHA-256 of the file at *path*."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return size, digest.hexdigest()

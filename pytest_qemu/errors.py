@@ -17,6 +17,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: Where the troubleshooting page is, for error messages: it is read in a checkout.
+TROUBLESHOOTING = "docs/troubleshooting.md"
+
+
+def troubleshooting(section: str) -> str:
+    """A pointer to *section* (its anchor) of the troubleshooting page, for a message."""
+    return f"see {TROUBLESHOOTING}#{section}"
+
+
 class QemuError(Exception):
     """Base class of every error pytest-qemu raises on purpose."""
 
@@ -27,6 +36,11 @@ class ConfigurationError(QemuError, ValueError):
 
 class SetupError(QemuError):
     """Something the plugin needs on the host is missing (QEMU, a kernel, busybox)."""
+
+
+class CacheFull(SetupError):
+    """The file system holding pytest-qemu's cache is full: the message names the
+    directory. VMs boot without a template where they can."""
 
 
 class VMError(QemuError):
@@ -123,6 +137,12 @@ class CommandFailed(QemuError):
 
 class QemuWarning(UserWarning):
     """Base class of every warning pytest-qemu issues."""
+
+
+class CacheWarning(QemuWarning):
+    """The cache could not hold a build product (its file system is full): the VM
+    started a slower way (a plain boot, the compressed kernel); the message says which
+    directory to free."""
 
 
 class SnapshotWarning(QemuWarning):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_qemu.plugin.options import QemuSettings
@@ -36,3 +39,34 @@ def recorded_leases(state_dir: Path) -> list[dict[str, object]]:
 def make_settings(cache_dir: Path, **overrides: object) -> QemuSettings:
     """Run settings as the options' defaults give them, with *overrides*."""
     return QemuSettings.defaults(cache_dir=cache_dir, accel="tcg", snapshots=False, **overrides)
+
+
+@contextlib.contextmanager
+def small_tmpfs(
+    directory: Path, size_kib: int, inodes: int | None = None, read_only: bool = False
+) -> Iterator[Path]:
+    """A tmpfs of *size_kib* KiB (and at most *inodes* files; *read_only*) mounted on
+    *directory* (created), unmounted afterwards: a disk that fills up, or a read-only
+    one. Needs root; skips otherwise."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    directory.mkdir(parents=True, exist_ok=True)
+    limit = ("" if inodes is None else f",nr_inodes={inodes}") + (",ro" if read_only else "")
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={size_kib}k,mode=0755{limit}",
+            "tmpfs",
+            str(directory),
+        ],
+        check=True,
+    )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

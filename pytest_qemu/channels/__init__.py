@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_qemu.channels.base import CommandChannel, CommandResult
 from pytest_qemu.channels.output import CommandOutput
+from pytest_qemu.errors import troubleshooting
 from pytest_qemu.registry import Entry, Registry
 
 if TYPE_CHECKING:
@@ -32,8 +33,10 @@ CHANNELS: Registry[type[CommandChannel]] = Registry(
             "pytest_qemu.channels.qga:GuestAgentChannel",
             "needs qemu-guest-agent in the image",
             options=("serial_bus_device",),
-            boot_timeout_hint="the image must run qemu-guest-agent (Debian: `apt-get install "
-            "qemu-guest-agent` in the image), or use channel='console'",
+            boot_timeout_hint="either the image did not boot (the console below shows how far "
+            "it got: nothing at all means the firmware found no boot loader), or it does not "
+            "run qemu-guest-agent (Debian: `apt-get install qemu-guest-agent` in the image; or "
+            f"use channel='console'); {troubleshooting('an-image-does-not-boot')}",
         ),
         Entry(
             "console",
@@ -42,7 +45,7 @@ CHANNELS: Registry[type[CommandChannel]] = Registry(
             options=("credentials",),
             boot_timeout_hint="the image must run a shell on its serial console, logged in or "
             "behind a login prompt that credentials=(user, password) answers; the console "
-            "tail shows it",
+            f"tail shows it; {troubleshooting('an-image-does-not-boot')}",
         ),
     ],
 )

@@ -10,6 +10,8 @@ announcement, whichever comes first.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import itertools
 import math
@@ -75,6 +77,17 @@ class _Request:
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
         self.done = False
+        #: The first host-side write that failed (a full disk): the request is still
+        #: followed to its end, so the guest is free for the next one.
+        self.host_error: OSError | None = None
+
+    def keep(self, write: Callable[[bytes], object], data: bytes) -> None:
+        """Write *data* on the host with *write*, unless an earlier write failed."""
+        if self.host_error is None:
+            try:
+                write(data)
+            except OSError as error:
+                self.host_error = error
 
     def on_frame(self, frame: Frame) -> None:
         if frame.type == FrameType.ERROR:
@@ -91,9 +104,9 @@ class _RunRequest(_Request):
 
     def on_frame(self, frame: Frame) -> None:
         if frame.type == FrameType.STDOUT:
-            self.stdout.write(frame.payload)
+            self.keep(self.stdout.write, frame.payload)
         elif frame.type == FrameType.STDERR:
-            self.stderr.write(frame.payload)
+            self.keep(self.stderr.write, frame.payload)
         elif frame.type == FrameType.EXIT:
             self.status, self.timed_out = decode_exit(frame.payload)
             self.done = True
@@ -120,7 +133,7 @@ class _GetRequest(_Request):
             self.mode = decode_mode(frame.payload)
         elif frame.type == FrameType.DATA:
             if frame.payload:
-                self.destination.write(frame.payload)
+                self.keep(self.destination.write, frame.payload)
             else:
                 self.done = True
         else:
@@ -260,6 +273,11 @@ class AgentChannel(CommandChannel):
         deadline = None if request.timeout is None else started + request.timeout + REPLY_GRACE
         self._send(first, encode_stream(FrameType.STDIN, pending.request_id, request.stdin))
         self._exchange(pending, deadline)
+        if pending.host_error is not None:
+            raise RequestRefused(
+                f"the command ran (exit status {pending.status}), but its output could not "
+                f"be kept: {_host_write_failure(request.spill_dir, pending.host_error)}"
+            )
         result = CommandResult(
             request.command, pending.status, stdout, stderr, time.monotonic() - started
         )
@@ -281,14 +299,25 @@ class AgentChannel(CommandChannel):
         self._ensure_ready()
         partial = destination.with_name(f".{destination.name}.partial")
         try:
-            with partial.open("wb") as file:
+            try:
+                file = partial.open("wb")
+            except OSError as error:
+                raise RequestRefused(_host_write_failure(partial, error)) from None
+            with file:
                 pending = _GetRequest(next(self._ids), file)
                 self._send(encode_get(pending.request_id, guest_path), iter(()))
                 self._exchange(pending, None if timeout is None else time.monotonic() + timeout)
-            partial.chmod(pending.mode)
-            os.replace(partial, destination)
+                pending.keep(lambda _: file.flush(), b"")
+            if pending.host_error is not None:
+                raise RequestRefused(_host_write_failure(destination, pending.host_error))
+            try:
+                partial.chmod(pending.mode)
+                os.replace(partial, destination)
+            except OSError as error:
+                raise RequestRefused(_host_write_failure(destination, error)) from None
         finally:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
         return pending.mode
 
     def kernel_log(self, timeout: float | None) -> str | None:
@@ -416,6 +445,17 @@ class AgentChannel(CommandChannel):
         if request is not None and frame.request_id == request.request_id:
             request.on_frame(frame)
         # Anything else answers a request that is over (a timed-out one): drop it.
+
+
+def _host_write_failure(path: Path | None, error: OSError) -> str:
+    """A failed host-side write in words, naming the path and what to do."""
+    where = path if path is not None else "a temporary file"
+    advice = (
+        ": its file system is full; free space there (pytest's tmp_path, --basetemp)"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT)
+        else ""
+    )
+    return f"writing {where} on the host failed ({error.strerror}){advice}"
 
 
 def _file_frames(file: IO[bytes], request_id: int) -> Iterator[bytes]:

@@ -27,7 +27,17 @@ class HostRoot(Device):
         fsdev = ctx.id_for(self, "hostfs")
         return [
             "-fsdev",
-            option_string("local", id=fsdev, path="/", security_model="none", readonly=True),
+            option_string(
+                "local",
+                id=fsdev,
+                path="/",
+                security_model="none",
+                readonly=True,
+                # The host's / spans several file systems (/proc, /sys and /dev all have
+                # inode 1): without remapping, their inode numbers collide in the guest,
+                # whose cache then takes /proc for /sys.
+                multidevs="remap",
+            ),
             "-device",
             option_string(ctx.virtio_device("9p"), fsdev=fsdev, mount_tag=_TAG),
         ]

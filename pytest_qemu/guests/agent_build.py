@@ -1,57 +1,46 @@
-"""Compiling the guest's command agent (``files/agent.c``) into a static binary.
+"""The guest's command agent for a platform: prebuilt, or compiled on first use.
 
-The default guest has no C library, so the agent is linked statically. It is
-built once per source and compiler and kept in the build cache.
+An installed wheel carries the agent prebuilt for every architecture
+(:mod:`pytest_qemu.guests.prebuilt`). Without one (a source checkout), or with
+``PYTEST_QEMU_AGENT=compile``, it is compiled with the platform's C compiler
+once per source and compiler and kept in the build cache.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
 from pytest_qemu.cache import BuildCache, cache_key, file_fingerprint
-from pytest_qemu.errors import SetupError
+from pytest_qemu.guests.agent_compiler import AGENT_SOURCE, FLAGS, compile_agent, find_compiler
 from pytest_qemu.guests.initramfs import guest_script
+from pytest_qemu.guests.prebuilt import agent_mode, prebuilt_agent
 from pytest_qemu.platforms import Platform
 
-AGENT_SOURCE = "agent.c"
-_FLAGS = ("-static", "-O2", "-Wall", "-s")
+
+def agent_origin(platform: Platform) -> tuple[Path, bool]:
+    """Where *platform*'s agent comes from: ``(the prebuilt agent, True)``, or
+    ``(the compiler that builds it, False)``.
+
+    Raises:
+        SetupError: neither is there; the message names the compiler's packages.
+    """
+    if agent_mode() == "auto" and (prebuilt := prebuilt_agent(platform)) is not None:
+        return prebuilt, True
+    return find_compiler(platform.compiler, platform.name, platform.compiler_packages), False
 
 
 def build_agent(cache: BuildCache, platform: Platform) -> Path:
-    """The agent binary for *platform*, compiled with its C compiler if not cached."""
-    compiler = platform.compiler
-    found = shutil.which(compiler)
-    if found is None:
-        raise SetupError(
-            f"the C compiler {compiler!r} for {platform.name} guests was not found: the "
-            "default guest's command agent is compiled on first use; install it with "
-            f"`apt-get install {' '.join(platform.compiler_packages)}`"
-        )
-    compiler_path = Path(found).resolve()
+    """The agent binary for *platform*: the prebuilt one, else compiled if not cached."""
+    found, prebuilt = agent_origin(platform)
+    if prebuilt:
+        return found
+    compiler = found
     source = guest_script(AGENT_SOURCE)
-    key = cache_key(["1", platform.name, source, file_fingerprint(compiler_path), *_FLAGS])
+    key = cache_key(["1", platform.name, source, file_fingerprint(compiler), *FLAGS])
 
     def build(out: BinaryIO) -> None:
         out.close()
-        source_path = Path(out.name).with_suffix(".c")
-        source_path.write_bytes(source)
-        try:
-            result = subprocess.run(
-                [str(compiler_path), *_FLAGS, "-o", out.name, str(source_path)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        finally:
-            source_path.unlink(missing_ok=True)
-        if result.returncode != 0:
-            raise SetupError(
-                f"compiling the guest agent with {compiler_path} failed (a static C library is "
-                f"needed: `apt-get install {' '.join(platform.compiler_packages)}`):\n"
-                + result.stderr.strip()[-3000:]
-            )
+        compile_agent(compiler, source, Path(out.name), platform.compiler_packages)
 
     return cache.get("agents", key, "", build)

@@ -40,10 +40,13 @@ class Guest(abc.ABC):
     #: kernel command line when it boots; if not, they are applied through the channel.
     reads_setup_from_kernel_command_line: bool = True
 
-    #: What to check when the guest does not answer within the boot timeout.
-    boot_timeout_hint: str = ""
     #: A shell command that an interactive shell on the console starts with ("": none).
     console_shell: str = ""
+
+    @property
+    def boot_timeout_hint(self) -> str:
+        """What to check when the guest does not answer within the boot timeout."""
+        return ""
 
     @property
     def debug_symbols(self) -> Path | None:

@@ -50,8 +50,7 @@ class ImageGuest(Guest):
     ) -> None:
         if not image.is_file():
             raise ConfigurationError(f"disk image {str(image)!r}: no such file")
-        #: What to check when the guest does not answer within the boot timeout.
-        self.boot_timeout_hint = IMAGE_CHANNELS.entry(channel).boot_timeout_hint
+        IMAGE_CHANNELS.entry(channel)  # an unknown channel: an error naming the known ones
         if initramfs is not None and kernel is None:
             raise ConfigurationError(
                 f"initramfs {str(initramfs)!r} was given without a kernel: an image boots "
@@ -90,6 +89,10 @@ class ImageGuest(Guest):
         return open_channel(
             self.channel_name, socket_dir, self.platform, credentials=self.credentials
         )
+
+    @property
+    def boot_timeout_hint(self) -> str:
+        return IMAGE_CHANNELS.entry(self.channel_name).boot_timeout_hint
 
     @property
     def default_cwd(self) -> str:

@@ -34,6 +34,15 @@ def find_busybox(root: Path = Path("/")) -> Path:
     )
 
 
+def check_static(busybox: Path) -> None:
+    """Refuse a dynamically linked *busybox*: the default guest has no C library."""
+    if not _is_static(busybox):
+        raise SetupError(
+            f"{busybox} is dynamically linked and cannot run in the default guest: "
+            "install `busybox-static` instead of `busybox`"
+        )
+
+
 def busybox_applets(busybox: Path) -> list[str]:
     """The applets *busybox* provides, as guest paths such as ``bin/ls``."""
     try:
@@ -61,11 +70,7 @@ def write_initramfs(
 
     *modules* must be in load order; the init loads them in that order.
     """
-    if not _is_static(busybox):
-        raise SetupError(
-            f"{busybox} is dynamically linked and cannot run in the default guest: "
-            "install `busybox-static` instead of `busybox`"
-        )
+    check_static(busybox)
     with CpioWriter(stream) as archive:
         for directory in (
             "dev",

@@ -4,9 +4,12 @@
 Debian kernel, udev, kmod, iproute2) into a directory from the Debian mirrors
 the host's apt uses; the directory is configured for a test VM (root logged in
 on the serial console, no password, nothing that only slows a boot under
-emulation), packed with ``mkfs.ext4 -d`` (no mount, so no root mount either)
-and converted to qcow2. The kernel and initramfs are copied out beside it, for
-a direct kernel boot: the image has no boot loader.
+emulation), and packed into a partitioned disk without mounting anything: a
+FAT boot partition made with mtools that SYSLINUX boots from (its MBR code is
+the image's own ``syslinux-common``), and an ext4 root partition written by
+``mkfs.ext4 -d`` at its offset. The disk is converted to qcow2. It boots by
+itself (SeaBIOS, SYSLINUX, the kernel); the kernel and initramfs are also
+copied out beside it, for a direct kernel boot.
 
 The build needs root (``mmdebstrap``'s root mode: the image's files must be
 owned by their real owners) and takes about a minute; the result is cached
@@ -25,6 +28,7 @@ import logging
 import os
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -47,20 +51,36 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     "udev",
     "kmod",
     "iproute2",
+    # The boot loader's MBR code and modules: the disk boots by itself through SYSLINUX.
+    "syslinux-common",
 )
 SUITE = "bookworm"
 #: Bump when the recipe changes in a way the key below does not capture.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3
+#: The root partition's size; the boot partition (FAT16) comes before it.
 DISK_SIZE = "2G"
+_ROOT_BYTES = 2 * 1024**3
+_SECTOR = 512
+#: Where the partitions start, in sectors: 1 MiB alignment, as partitioning tools do.
+_BOOT_START = 2048
+_BOOT_SECTORS = 64 * 1024 * 1024 // _SECTOR
+_ROOT_START = _BOOT_START + _BOOT_SECTORS
 HOSTNAME = "pytest-qemu"
 
 
+def __getattr__(name: str) -> object:
+    """``KERNEL_ARGS``: :func:`kernel_args` on the host's architecture, worked out when it
+    is first used (so that the module imports on a host of any architecture)."""
+    if name == "KERNEL_ARGS":
+        return kernel_args(get_platform())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def kernel_args(platform: Platform) -> tuple[str, ...]:
-    """Direct kernel boot: the root file system is the whole disk, the console the
-    platform's serial port. "quiet" (errors only) saves about 0.6 s of emulated serial
-    output per boot; a panic reboots at once, which ends QEMU under -no-reboot instead of
-    hanging the test."""
-    return ("root=/dev/vda", "rw", f"console={platform.console}", "quiet", "panic=-1")
+    """The root file system, the console on the platform's serial port. "quiet" (errors
+    only) saves about 0.6 s of emulated serial output per boot; a panic reboots at once,
+    which ends QEMU under -no-reboot instead of hanging the test."""
+    return ("root=/dev/vda2", "rw", f"console={platform.console}", "quiet", "panic=-1")
 
 
 #: The modules the initramfs needs to mount the root disk (everything else loads from the
@@ -206,6 +226,9 @@ def _check_tools(cache_dir: Path) -> None:
             ("mmdebstrap", "mmdebstrap"),
             ("mkfs.ext4", "e2fsprogs"),
             ("qemu-img", "qemu-utils"),
+            ("syslinux", "syslinux"),
+            ("mcopy", "mtools"),
+            ("mkfs.fat", "dosfstools"),
         )
         if shutil.which(tool) is None
         and not any(Path(directory, tool).exists() for directory in ("/usr/sbin", "/sbin"))
@@ -213,7 +236,8 @@ def _check_tools(cache_dir: Path) -> None:
     if missing:
         raise SetupError(
             f"building the Debian test image needs {', '.join(missing)}: run "
-            "`sudo apt-get install mmdebstrap e2fsprogs qemu-utils` (or ./scripts/setup.sh)"
+            "`sudo apt-get install mmdebstrap e2fsprogs qemu-utils syslinux mtools dosfstools` (or "
+            "./scripts/setup.sh)"
         )
     if os.geteuid() != 0:
         raise SetupError(
@@ -365,12 +389,35 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
     shutil.copyfile(kernel, out / "vmlinuz")
     shutil.copyfile(initramfs, out / "initrd.img")
     steps["configure"] = time.monotonic() - step
+    step = time.monotonic()
+    boot = _boot_partition(work, kernel, initramfs, platform)
+    # The whole disk's size up front: mkfs.ext4 leaves the file short where it writes nothing.
+    with raw.open("wb") as disk:
+        disk.truncate(_ROOT_START * _SECTOR + _ROOT_BYTES)
+    steps["boot partition"] = time.monotonic() - step
     steps["mkfs.ext4"] = _run_step(
         "mkfs.ext4",
-        ["mkfs.ext4", "-q", "-L", "pytest-qemu", "-d", str(root), str(raw), DISK_SIZE],
+        [
+            "mkfs.ext4",
+            "-q",
+            "-L",
+            "pytest-qemu",
+            "-E",
+            f"offset={_ROOT_START * _SECTOR}",
+            "-d",
+            str(root),
+            str(raw),
+            f"{_ROOT_BYTES // 1024}k",
+        ],
         _STEP_TIMEOUT,
         f"check the free space in {work.parent} (the raw disk takes {DISK_SIZE} while building)",
     )
+    mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
+    with raw.open("r+b") as disk:
+        disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
+        disk.seek(_BOOT_START * _SECTOR)
+        with boot.open("rb") as partition:
+            shutil.copyfileobj(partition, disk)
     shutil.rmtree(root)
     steps["qemu-img convert"] = _run_step(
         "qemu-img convert",
@@ -403,6 +450,72 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()),
         disk_size / 1e6,
     )
+
+
+def syslinux_config(kernel_args: Sequence[str]) -> str:
+    """SYSLINUX's configuration: boot ``vmlinuz`` with ``initrd.img`` at once."""
+    return (
+        # SERIAL first: SYSLINUX then also speaks on the serial console, which the test logs.
+        # NOESCAPE: a byte arriving on that console must not stop the boot at a prompt.
+        "SERIAL 0 115200\nNOESCAPE 1\nDEFAULT linux\nPROMPT 0\nTIMEOUT 1\nLABEL linux\n"
+        "  KERNEL vmlinuz\n"
+        f"  INITRD initrd.img\n  APPEND {' '.join(kernel_args)}\n"
+    )
+
+
+def master_boot_record(code: bytes, disk_sectors: int) -> bytes:
+    """The first sector: *code* (SYSLINUX's ``mbr.bin``) and a partition table with the
+    bootable FAT16 boot partition and the Linux root partition after it (LBA only)."""
+
+    def entry(bootable: bool, kind: int, start: int, sectors: int) -> bytes:
+        no_chs = b"\xfe\xff\xff"  # cylinder/head/sector unused: firmware reads the LBA
+        flag = b"\x80" if bootable else b"\x00"
+        return flag + no_chs + bytes([kind]) + no_chs + struct.pack("<II", start, sectors)
+
+    if len(code) > 440:
+        raise SetupError(f"the MBR boot code is {len(code)} bytes; at most 440 fit")
+    return (
+        code.ljust(440, b"\0")
+        + b"PQ\0\0"  # the disk signature
+        + b"\0\0"
+        + entry(True, 0x06, _BOOT_START, _BOOT_SECTORS)
+        + entry(False, 0x83, _ROOT_START, disk_sectors - _ROOT_START)
+        + bytes(32)
+        + b"\x55\xaa"
+    )
+
+
+def _boot_partition(work: Path, kernel: Path, initramfs: Path, platform: Platform) -> Path:
+    """The FAT16 boot partition's file system, with the kernel, initramfs and SYSLINUX
+    (made with mtools: no mount). Its hidden-sectors field says where it starts."""
+    boot = work / "boot.img"
+    config = work / "syslinux.cfg"
+    config.write_text(syslinux_config(kernel_args(platform)))
+    advice = "check that syslinux, mtools and dosfstools are installed (./scripts/setup.sh)"
+    kilobytes = str(_BOOT_SECTORS * _SECTOR // 1024)
+    for name, command in (
+        (
+            "mkfs.fat",
+            [
+                "mkfs.fat",
+                "-C",
+                "-F",
+                "16",
+                "-h",
+                str(_BOOT_START),
+                "-n",
+                "BOOT",
+                str(boot),
+                kilobytes,
+            ],
+        ),
+        ("mcopy", ["mcopy", "-i", str(boot), str(kernel), "::vmlinuz"]),
+        ("mcopy", ["mcopy", "-i", str(boot), str(initramfs), "::initrd.img"]),
+        ("mcopy", ["mcopy", "-i", str(boot), str(config), "::syslinux.cfg"]),
+        ("syslinux", ["syslinux", "--install", str(boot)]),
+    ):
+        _run_step(name, command, _STEP_TIMEOUT, advice)
+    return boot
 
 
 def _boot_files(root: Path, platform: Platform) -> tuple[Path, Path]:

@@ -41,6 +41,8 @@ class Platform(abc.ABC):
     compiler_packages: tuple[str, ...]
     #: Kernel arguments every guest of this platform gets.
     kernel_args: tuple[str, ...] = ()
+    #: The Debian release a foreign guest's kernel and busybox are downloaded from.
+    debian_suite: str = "bookworm"
     #: Other names users may give for it (Debian's, for one).
     aliases: tuple[str, ...] = ()
     #: How virtio devices attach: ``pci`` (``virtio-*-pci``), ``device`` (MMIO), ``ccw``.
@@ -97,7 +99,7 @@ class Platform(abc.ABC):
         the host's ``/``, or Debian packages of a foreign architecture unpacked in the cache."""
         if self.is_host:
             return Path("/")
-        return unpacked_root(cache_dir, self.debian_arch, self.kernel_package)
+        return unpacked_root(cache_dir, self.debian_arch, self.kernel_package, self.debian_suite)
 
     def __str__(self) -> str:
         return self.name

@@ -1,13 +1,15 @@
 """A foreign architecture's kernel and busybox, from Debian packages unpacked into the cache.
 
-Nothing foreign is installed on the host. ``scripts/setup.sh`` downloads the
-packages (``apt-get download``) into :func:`packages_dir`; the first VM of
-that architecture unpacks them with ``dpkg-deb`` into the build cache and
-writes the ``modules.dep`` that a package's post-install script would have.
+Nothing foreign is installed on the host. The first VM of an architecture downloads
+its kernel and busybox packages (``apt-get download`` through a private apt
+configuration, :mod:`pytest_qemu.platforms.apt`) into :func:`packages_dir`, then
+unpacks them with ``dpkg-deb`` into the build cache and writes the ``modules.dep``
+that a package's post-install script would have.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -16,13 +18,18 @@ from pathlib import Path
 
 from pytest_qemu.cache import build_lock, cache_key, file_fingerprint
 from pytest_qemu.errors import SetupError
+from pytest_qemu.platforms.apt import PrivateApt
+
+logger = logging.getLogger("pytest_qemu")
 
 #: Bump when the unpacked layout changes.
 _FORMAT_VERSION = "1"
 
 
 def packages_dir(debian_arch: str) -> Path:
-    """Where the set-up script puts the ``.deb`` files of *debian_arch*."""
+    """Where the ``.deb`` files of *debian_arch* are downloaded (shared by every cache
+    directory of the user): ``$PYTEST_QEMU_FOREIGN_PACKAGES/<arch>``, else
+    ``$XDG_CACHE_HOME/pytest-qemu/foreign-packages/<arch>``."""
     if configured := os.environ.get("PYTEST_QEMU_FOREIGN_PACKAGES"):
         return Path(configured) / debian_arch
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -34,31 +41,58 @@ def packages_dir(debian_arch: str) -> Path:
 PACKAGE_PATTERNS = ("linux-image-[0-9]*.deb", "busybox-static_*.deb")
 
 
-def fetch_command(debian_arch: str, kernel_package: str) -> str:
-    """The commands that download a foreign guest's packages (the first two need root)."""
+def downloaded_packages(debian_arch: str, kernel_package: str, suite: str) -> list[Path]:
+    """The kernel and busybox ``.deb`` files of *debian_arch*, downloaded from Debian
+    *suite* first if :func:`packages_dir` lacks them (once, under a lock)."""
     directory = packages_dir(debian_arch)
-    meta = f"{kernel_package}:{debian_arch}"
-    return (
-        f"dpkg --add-architecture {debian_arch} && apt-get update && mkdir -p {directory} && "
-        f"cd {directory} && apt-get download busybox-static:{debian_arch} "
-        f"$(apt-cache depends {meta} | awk '/Depends: linux-image-/ {{print $2; exit}}') "
-        "(./scripts/setup.sh in a pytest-qemu checkout does this)"
-    )
+    found = _find(directory)
+    if found is not None:
+        return found
+    directory.mkdir(parents=True, exist_ok=True)
+    with build_lock(directory / ".download.lock"):
+        found = _find(directory)
+        if found is not None:
+            return found
+        apt = PrivateApt(suite, debian_arch, directory.parent / ".apt" / f"{suite}-{debian_arch}")
+        apt.update()
+        wanted = [apt.concrete_package(kernel_package), "busybox-static"]
+        logger.warning(
+            "pytest-qemu: downloading Debian %s's %s for %s guests (%.0f MB) into %s",
+            suite,
+            " and ".join(wanted),
+            debian_arch,
+            apt.download_size(wanted) / 1e6,
+            directory,
+        )
+        partial = Path(tempfile.mkdtemp(dir=directory, prefix=".downloading-"))
+        try:
+            apt.download(wanted, partial)
+            for deb in sorted(partial.glob("*.deb")):
+                os.replace(deb, directory / deb.name)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        found = _find(directory)
+    if found is None:
+        raise SetupError(
+            f"downloading Debian's {debian_arch} kernel ({kernel_package}) and busybox-static "
+            f"left no {' and '.join(PACKAGE_PATTERNS)} in {directory}"
+        )
+    return found
 
 
-def unpacked_root(cache_dir: Path, debian_arch: str, kernel_package: str) -> Path:
-    """A directory holding the unpacked packages of *debian_arch*, made once per set of files."""
-    source = packages_dir(debian_arch)
-    debs: list[Path] = []
+def _find(directory: Path) -> list[Path] | None:
+    debs = []
     for pattern in PACKAGE_PATTERNS:
-        found = sorted(source.glob(pattern)) if source.is_dir() else []
+        found = sorted(directory.glob(pattern)) if directory.is_dir() else []
         if not found:
-            raise SetupError(
-                f"the {debian_arch} guest needs Debian's {debian_arch} kernel and "
-                f"busybox-static packages in {source}, and {pattern!r} is not there. Fetch "
-                "them (nothing gets installed): " + fetch_command(debian_arch, kernel_package)
-            )
+            return None
         debs.append(found[-1])
+    return debs
+
+
+def unpacked_root(cache_dir: Path, debian_arch: str, kernel_package: str, suite: str) -> Path:
+    """A directory holding the unpacked packages of *debian_arch*, made once per set of files."""
+    debs = downloaded_packages(debian_arch, kernel_package, suite)
     key = cache_key([_FORMAT_VERSION, *(file_fingerprint(deb) for deb in debs)])
     root = cache_dir / "foreign" / debian_arch / key
     if (root / ".complete").exists():

@@ -60,6 +60,36 @@ class HostKernel:
     """Its modules, e.g. ``/lib/modules/6.1.0-56-amd64``."""
 
 
+def kernel_release(image: Path) -> str | None:
+    """``uname -r`` of the kernel *image*, or None if it cannot be told.
+
+    An x86 ``bzImage`` names its version in its boot header (``kernel_version``); an
+    uncompressed kernel holds ``Linux version <release>``; else a Debian-style file
+    name (``vmlinuz-<release>``, also through a ``/boot/vmlinuz`` symlink) says it.
+    """
+    try:
+        with image.open("rb") as f:
+            header = f.read(0x210)
+            if len(header) >= 0x210 and header[0x202:0x206] == b"HdrS":
+                (pointer,) = struct.unpack_from("<H", header, 0x20E)
+                if pointer:
+                    f.seek(pointer + 0x200)
+                    version = f.read(256).split(b"\0", 1)[0].decode(errors="replace")
+                    if version.split():
+                        return version.split()[0]
+            f.seek(0)
+            found = re.search(rb"Linux version (\S+) ", f.read(64 << 20))
+    except OSError:
+        return None
+    if found:
+        return found[1].decode(errors="replace")
+    name = image.resolve().name
+    for prefix in ("vmlinuz-", "vmlinux-", "Image-"):
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return None
+
+
 # -- finding the kernel -------------------------------------------------------
 
 

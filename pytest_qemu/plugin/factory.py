@@ -15,9 +15,10 @@ from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
+from pytest_qemu.plugin.keywords import check_keywords
 from pytest_qemu.plugin.options import optional_str
 from pytest_qemu.plugin.session import QemuSession, basetemp_of
-from pytest_qemu.vm.argv import MachineSpec, check_cpus, check_devices, check_memory
+from pytest_qemu.vm.argv import MachineSpec, check_devices
 from pytest_qemu.vm.machine import VM
 from pytest_qemu.vm.snapshot import SnapshotStore
 from pytest_qemu.vm.start.prepared import VMPool
@@ -105,7 +106,7 @@ class VMFactory:
         initramfs: str | os.PathLike[str] | None = None,
         kernel_args: Iterable[str] = (),
         qemu_args: Iterable[str] = (),
-        cpus: int = 1,
+        cpus: int | None = None,
         boot_timeout: float | None = None,
         snapshot: bool | None = None,
         arch: str | None = None,
@@ -116,11 +117,23 @@ class VMFactory:
         credentials: tuple[str, str] | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
+        check_keywords(
+            {
+                "memory": memory,
+                "cpus": cpus,
+                "boot_timeout": boot_timeout,
+                "snapshot": snapshot,
+                "arch": arch,
+                "userland": userland,
+            }
+        )
         arch = arch if arch is not None else optional_str(self._defaults.get("arch"))
         userland = userland or optional_str(self._defaults.get("userland"))
+        vcpus = cpus if cpus is not None else self._defaults.get("cpus", 1)
         device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
-            devices, memory, cpus, boot_timeout, kernel_args, qemu_args
+            devices, kernel_args, qemu_args
         )
+        assert isinstance(vcpus, int)  # checked with the marker (plugin/keywords.py)
         settings = self._session.settings
         kernel_path = _existing(kernel, "kernel") or settings.kernel
         initramfs_path = _existing(initramfs, "initramfs") or settings.initramfs
@@ -165,7 +178,7 @@ class VMFactory:
             qemu=settings.resolved_binary(platform),
             accelerator=self._session.accelerator(platform).accelerator,
             memory=settings.memory if memory is None else memory,
-            cpus=cpus,
+            cpus=vcpus,
             qemu_args=qemu_arg_list,
         )
         timeout = settings.boot_timeout if boot_timeout is None else boot_timeout
@@ -230,31 +243,17 @@ class VMFactory:
 
 def _checked_arguments(
     devices: object,
-    memory: object,
-    cpus: object,
-    boot_timeout: object,
     kernel_args: object,
     qemu_args: object,
 ) -> tuple[list[Device], list[str], list[str]]:
-    """Check the factory's arguments before any guest file is built: a typo fails at once."""
+    """Check the factory's list arguments before any guest file is built: a typo fails at
+    once (its single values are checked by :func:`check_keywords`, as the marker's are)."""
     if isinstance(kernel_args, str) or isinstance(qemu_args, str):
         raise ConfigurationError(
             "kernel_args and qemu_args take a list of arguments, not one string: "
             f"got {kernel_args!r} / {qemu_args!r}"
         )
     device_list = check_devices(devices)
-    if memory is not None:
-        check_memory(memory)
-    check_cpus(cpus)
-    if boot_timeout is not None and (
-        isinstance(boot_timeout, bool)
-        or not isinstance(boot_timeout, (int, float))
-        or not 0 < boot_timeout < float("inf")
-    ):
-        raise ConfigurationError(
-            f"boot_timeout {boot_timeout!r} is not valid: give a number of seconds "
-            "greater than 0, such as boot_timeout=60"
-        )
     lists: list[list[str]] = []
     for name, arguments in (("kernel_args", kernel_args), ("qemu_args", qemu_args)):
         if not isinstance(arguments, Iterable):

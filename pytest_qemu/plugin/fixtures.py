@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_qemu.errors import QemuError
+from pytest_qemu.errors import QemuError, SetupError
 from pytest_qemu.plugin.options import optional_str
 from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.plugin.stash import factories_key, next_item_key, reports_key
@@ -130,6 +130,7 @@ def _factory(
     arch: str | None = None,
 ) -> VMFactory:
     session = QemuSession.of(request.config)
+    failure: str | None = None
     try:
         settings = session.settings
         options = marker_options(request)
@@ -137,9 +138,15 @@ def _factory(
             options["arch"] = arch
         platform = session.platform(optional_str(options.get("arch")))
         settings.resolved_binary(platform)  # a missing QEMU fails the setup, named
-        session.accelerator(platform)
+        problem = session.accelerator(platform).problem  # a forced KVM that hangs, named
+        if problem is not None:
+            raise SetupError(problem)
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    if failure is not None:
+        # Outside the except block: the report shows the message once, with no
+        # "During handling of the above exception" and none of our frames.
+        pytest.fail(failure, pytrace=False)
     from pytest_qemu.plugin.factory import VMFactory
 
     return VMFactory.from_config(
@@ -165,7 +172,9 @@ def qemu_vm(
     try:
         return qemu_vm_factory(devices=qemu_devices)
     except QemuError as error:
-        pytest.fail(str(error), pytrace=False)
+        failure = str(error)
+    # Outside the except block, so that the message is shown once (see _factory).
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture
@@ -219,19 +228,27 @@ def qemu_network(request: pytest.FixtureRequest) -> Iterator[Network]:
 
 def snapshots_wanted(request: pytest.FixtureRequest) -> bool:
     """False when the test is marked ``@pytest.mark.qemu(snapshot=False)``."""
-    marker = request.node.get_closest_marker("qemu")
-    return not (marker is not None and marker.kwargs.get("snapshot") is False)
+    return qemu_marker_kwargs(request.node).get("snapshot") is not False
+
+
+def qemu_marker_kwargs(node: pytest.Item) -> dict[str, object]:
+    """The options of every ``qemu`` marker on *node*, the closest winning each option.
+
+    A test's ``@pytest.mark.qemu(cpus=2)`` in a module marked ``qemu(userland="host")``
+    adds to the module's options instead of dropping them.
+    """
+    merged: dict[str, object] = {}
+    for marker in node.iter_markers("qemu"):  # closest first
+        merged = {**marker.kwargs, **merged}
+    return merged
 
 
 def marker_options(request: pytest.FixtureRequest) -> dict[str, object]:
-    """The VM options a test's ``qemu`` marker sets (``arch``, ``userland``...)."""
-    marker = request.node.get_closest_marker("qemu")
-    if marker is None:
-        return {}
+    """The VM options a test's ``qemu`` markers set (``arch``, ``userland``...); the
+    markers were checked before the test's setup (``plugin/keywords.py``)."""
+    marked = qemu_marker_kwargs(request.node)
     return {
-        name: value
-        for name, value in marker.kwargs.items()
-        if name not in ("snapshot", "kernel_warnings")
+        name: value for name, value in marked.items() if name not in ("snapshot", "kernel_warnings")
     }
 
 
@@ -244,11 +261,10 @@ def next_test_wants_the_same_vm(request: pytest.FixtureRequest) -> bool:
         return False
 
     def settings_of(node: pytest.Item) -> tuple[object, object]:
-        marker = node.get_closest_marker("qemu")
         callspec = getattr(node, "callspec", None)
         params = callspec.params if callspec is not None else {}
         return (
-            marker.kwargs if marker is not None else {},
+            qemu_marker_kwargs(node),
             (params.get("qemu_arch"), repr(params.get("qemu_devices"))),
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import shlex
 import shutil
 import tempfile
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pytest_qemu.cache import default_cache_dir_and_source
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.guests import GUEST_KINDS
@@ -103,6 +106,8 @@ def _number(config: Values, name: str, kind: type[int] | type[float]) -> float:
         value = kind(text)
     except ValueError:
         raise ConfigurationError(f"--qemu-{name} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigurationError(f"--qemu-{name} {text!r} is not a finite number")
     if value <= 0:
         raise ConfigurationError(f"--qemu-{name} {text!r} must be greater than zero")
     return value
@@ -140,19 +145,53 @@ def _kernel_args(config: Values) -> tuple[str, ...]:
 def _cache_dir(config: Values) -> Path | None:
     text = config("cache-dir")
     if not text:
+        # From the environment: checked without creating anything, since every pytest
+        # run loads the plugin, VMs or not.
+        path, source = default_cache_dir_and_source()
+        if (problem := _unusable_directory(path)) is not None:
+            raise ConfigurationError(
+                f"the pytest-qemu cache directory {str(path)!r} (from {source}) cannot be "
+                f"used: {problem}. Give a directory you can create and write to with "
+                "--qemu-cache-dir or PYTEST_QEMU_CACHE_DIR"
+            )
         return None
-    path = Path(text).expanduser().absolute()
     # Checked now: otherwise the first VM fails deep inside the guest build.
+    return _writable_directory(config, "cache-dir")
+
+
+def _log_dir(config: Values) -> Path | None:
+    # Checked now: otherwise the first failing test's report is lost copying its logs.
+    return _writable_directory(config, "log-dir") if config("log-dir") else None
+
+
+def _writable_directory(config: Values, name: str) -> Path:
+    """The directory option *name*, created if needed; a usage error if it cannot be."""
+    text = config(name)
+    path = Path(text).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
         raise ConfigurationError(
-            f"--qemu-cache-dir {text!r} is not a writable directory ({error.strerror}: "
+            f"--qemu-{name} {text!r} is not a writable directory ({error.strerror}: "
             f"{error.filename or path}): give a directory you can create and write to"
         ) from None
     return path
+
+
+def _unusable_directory(path: Path) -> str | None:
+    """Why *path* cannot become a writable directory (None if it can), creating nothing."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            return f"{existing} is a dangling symbolic link"
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable (a read-only file system, or its permissions)"
+    return None
 
 
 def _existing_file(config: Values, name: str) -> Path | None:
@@ -248,7 +287,7 @@ class QemuSettings:
             cache_dir=_cache_dir(config),
             snapshots=snapshots == "on",
             kernel_warnings=_choice(config, "kernel-warnings", ("fail", "ignore")),
-            log_dir=Path(config("log-dir")).absolute() if config("log-dir") else None,
+            log_dir=_log_dir(config),
             gdb=_choice(config, "gdb", ("on", "off")) == "on",
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),

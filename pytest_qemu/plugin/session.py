@@ -12,6 +12,7 @@ import pytest
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.errors import QemuError
+from pytest_qemu.guests.prebuilt import agent_mode
 from pytest_qemu.platforms import Platform, get_platform
 from pytest_qemu.plugin.options import QemuSettings
 from pytest_qemu.plugin.summary import RunStats
@@ -29,6 +30,7 @@ class QemuSession:
 
     def __init__(self, settings: QemuSettings) -> None:
         self.settings = settings
+        agent_mode()  # $PYTEST_QEMU_AGENT: a bad value is a usage error at the start
         self.cache_dir = settings.cache_dir or default_cache_dir()
         self._cache = BuildCache(self.cache_dir)
         self._lock = threading.Lock()
@@ -78,7 +80,7 @@ class QemuSession:
             choice = choose_accelerator(
                 self.settings.accel,
                 self.settings.resolved_binary(platform),
-                self.cache_dir,
+                _verdict_directory(self.cache_dir),
                 kernel,
             )
         with self._lock:
@@ -145,3 +147,15 @@ def basetemp_of(config: pytest.Config) -> Path | None:
     # make a second one, with a base directory of its own.
     factory: pytest.TempPathFactory | None = getattr(config, "_tmp_path_factory", None)
     return factory.getbasetemp() if factory is not None else None
+
+
+def _verdict_directory(cache_dir: Path) -> Path:
+    """Where accelerator probe verdicts are kept: the user's state directory (one per
+    host, as the verdict is about the host), else the cache directory."""
+    from pytest_qemu.allocation import AllocationError
+    from pytest_qemu.allocation.statedir import default_state_dir
+
+    try:
+        return default_state_dir() / "accelerator"
+    except AllocationError:
+        return cache_dir / "accelerator"

@@ -5,22 +5,26 @@ virtualisation without VMX/SVM, seen on our own CI machines). So the probe
 boots a guest under KVM and waits, for a bounded time, for proof that guest
 code ran: the kernel's first console line, or, with no kernel at hand, the
 platform's tiny probe guest (on a PC, a boot sector that makes QEMU exit). The verdict is
-cached until the host reboots.
+cached per host boot, host kernel and QEMU (binary and version), in a directory
+the caller gives (the user's state directory: not per cache directory, so a new
+cache directory does not pay the 5 s probe again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import shutil
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.cache import cache_key
-from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.cache import cache_key, file_fingerprint
+from pytest_qemu.errors import ConfigurationError, troubleshooting
 from pytest_qemu.platforms import get_platform
 
 #: Under a working KVM both probes answer in well under a second.
@@ -90,6 +94,22 @@ def _run_until(
         return False, process.returncode, lines[-1] if lines else ""
 
 
+def kvm_device_problem(device: Path = Path("/dev/kvm")) -> str | None:
+    """Why this user cannot open *device*, with what fixes it; None if it can."""
+    if not device.exists():
+        return (
+            f"{device} does not exist: the CPU (or the hypervisor of this VM) offers no "
+            "virtualisation, or the kvm module is not loaded (`sudo modprobe kvm_intel` or "
+            "`sudo modprobe kvm_amd`)"
+        )
+    if not os.access(device, os.R_OK | os.W_OK):
+        return (
+            f"{device} is not readable and writable by this user: join its group "
+            "(`sudo usermod -aG kvm $USER`, then log in again)"
+        )
+    return None
+
+
 def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -> ProbeResult:
     """Boot a probe guest of the host's platform under *accelerator*; it works if guest
     code visibly ran in time: the kernel's first line, or, without a kernel, the
@@ -98,16 +118,14 @@ def probe_accelerator(qemu: str, accelerator: str, kernel: Path | None = None) -
         platform = get_platform()
     except ConfigurationError as unknown:
         return ProbeResult(False, str(unknown))
-    if accelerator == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return ProbeResult(False, "/dev/kvm is missing or not accessible")
+    if accelerator == "kvm" and (problem := kvm_device_problem()) is not None:
+        return ProbeResult(False, problem)
     try:
         with tempfile.TemporaryDirectory(prefix="pytest-qemu-probe-") as directory:
             program = platform.kvm_probe_args(Path(directory)) if kernel is None else None
             if program is None:
                 if kernel is None:
-                    return ProbeResult(
-                        False, f"{platform.name} has no probe guest without a kernel"
-                    )
+                    return ProbeResult(False, f"{platform.name} has no kernel-less probe")
                 seen, status, error = _run_until(
                     kernel_probe_command(qemu, accelerator, kernel),
                     _KERNEL_MARKER,
@@ -137,29 +155,63 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def cached_probe(
-    qemu: str, accelerator: str, cache_dir: Path, kernel: Path | None = None
-) -> ProbeResult:
-    """:func:`probe_accelerator`, remembered until the host reboots or QEMU changes."""
+def _qemu_identity(qemu: str) -> str:
+    """The QEMU binary's path, size, modification time and ``--version``."""
+    binary = shutil.which(qemu) or qemu
     try:
-        binary = Path(
-            subprocess.run(["which", qemu], capture_output=True, text=True).stdout.strip() or qemu
-        )
-        fingerprint = f"{binary}:{binary.stat().st_mtime_ns}"
+        version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        return f"{file_fingerprint(Path(binary))}:{version}"
+    except (OSError, subprocess.SubprocessError):
+        return qemu
+
+
+def _kernel_identity(kernel: Path | None) -> str:
+    """The probe kernel by name and size: the default guest's extracted kernel has the
+    same name in every cache directory."""
+    if kernel is None:
+        return "boot sector"
+    try:
+        return f"{kernel.name}:{kernel.stat().st_size}"
     except OSError:
-        fingerprint = qemu
-    key = cache_key([_boot_id(), fingerprint, accelerator, str(kernel), "v3"])
-    path = cache_dir / "accelerator" / f"{key}.json"
+        return str(kernel)
+
+
+def probe_key(qemu: str, accelerator: str, kernel: Path | None) -> str:
+    """What a verdict depends on: host boot, host kernel, QEMU, accelerator, probe kernel."""
+    return cache_key(
+        [
+            _boot_id(),
+            os.uname().release,
+            _qemu_identity(qemu),
+            accelerator,
+            _kernel_identity(kernel),
+            "v5",
+        ]
+    )
+
+
+def cached_probe(
+    qemu: str, accelerator: str, verdicts: Path, kernel: Path | None = None
+) -> ProbeResult:
+    """:func:`probe_accelerator`, remembered in *verdicts* under :func:`probe_key`."""
+    path = verdicts / f"{probe_key(qemu, accelerator, kernel)}.json"
     try:
         stored = json.loads(path.read_text())
         return ProbeResult(bool(stored["works"]), str(stored["detail"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     result = probe_accelerator(qemu, accelerator, kernel)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps({"works": result.works, "detail": result.detail}))
+        os.replace(temporary, path)
+    except OSError:
+        # A full or read-only cache: the answer holds for this run all the same.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
     return result
 
 
@@ -167,17 +219,38 @@ def cached_probe(
 class AcceleratorChoice:
     accelerator: str
     notice: str
+    #: Why no VM can start under the accelerator that was asked for (``--qemu-accel=kvm``
+    #: on a host whose KVM hangs), or None.
+    problem: str | None = None
 
 
 def choose_accelerator(
-    requested: str, qemu: str, cache_dir: Path, kernel: Path | None = None
+    requested: str, qemu: str, verdicts: Path, kernel: Path | None = None
 ) -> AcceleratorChoice:
-    """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs."""
+    """Resolve ``auto``, ``kvm`` or ``tcg``; ``auto`` takes KVM only if a probe guest runs.
+
+    *verdicts* is the directory where probe verdicts are kept (see :func:`cached_probe`).
+    """
     if requested == "tcg":
         return AcceleratorChoice("tcg", "accelerator: tcg (requested)")
+    probe = cached_probe(qemu, "kvm", verdicts, kernel)
     if requested == "kvm":
-        return AcceleratorChoice("kvm", "accelerator: kvm (requested; not probed)")
-    probe = cached_probe(qemu, "kvm", cache_dir, kernel)
+        # Probed too (once per host boot, cached): a KVM that hangs every guest is then
+        # named at once, instead of as a boot timeout after the whole timeout.
+        if probe.works:
+            return AcceleratorChoice(
+                "kvm", "accelerator: kvm (requested; probed: a test guest ran)"
+            )
+        return AcceleratorChoice(
+            "kvm",
+            f"accelerator: kvm (requested) — but KVM does not work here ({probe.detail}): "
+            "no VM can start",
+            problem=(
+                f"--qemu-accel=kvm was given, but KVM does not work on this host: "
+                f"{probe.detail}. Use --qemu-accel=auto (KVM when a probe guest runs under "
+                f"it, else TCG) or --qemu-accel=tcg; {troubleshooting('kvm-hangs-or-is-missing')}"
+            ),
+        )
     if probe.works:
         return AcceleratorChoice("kvm", "accelerator: kvm (probed: a test guest ran)")
     return AcceleratorChoice(

@@ -4,9 +4,11 @@ users see."""
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -65,6 +67,9 @@ class Target(Protocol):
 
 
 _EXCERPT_LIMIT = 10_000
+#: How long an agent that died may take to come back before the VM is judged by QEMU's
+#: state alone (a guest powering off closes the agent's port before QEMU exits).
+_AGENT_RETURN_WAIT = 10.0
 
 
 class GuestCommands:
@@ -89,7 +94,7 @@ class GuestCommands:
         cwd: str | None,
     ) -> CommandResult:
         """See :meth:`VM.run <pytest_qemu.vm.machine.VM.run>`."""
-        check_command_arguments(command, timeout, env, cwd)
+        check_command_arguments(command, timeout, env, cwd, input)
         launcher = self._launcher
         transcript = launcher.transcript
         request = CommandRequest(
@@ -151,6 +156,7 @@ class GuestCommands:
         timeout: float | None,
     ) -> None:
         """See :meth:`VM.put <pytest_qemu.vm.machine.VM.put>`."""
+        check_timeout(timeout)
         source = Path(host_path)
         if not source.is_file():
             raise ConfigurationError(f"cannot copy {str(host_path)!r} to the guest: not a file")
@@ -167,6 +173,7 @@ class GuestCommands:
         self, guest_path: str, host_path: str | os.PathLike[str], timeout: float | None
     ) -> Path:
         """See :meth:`VM.get <pytest_qemu.vm.machine.VM.get>`."""
+        check_timeout(timeout)
         check_guest_path(guest_path)
         destination = Path(host_path)
         if destination.is_dir():
@@ -257,6 +264,13 @@ class GuestCommands:
             except (CommandTimedOut, RequestRefused):
                 raise
             except AgentGone as error:
+                if not self._agent_back_or_vm_gone():
+                    self._kill()
+                    raise VMExited(
+                        launcher.failure_report(
+                            f"QEMU exited while trying to {action}: {self._exit_reason()}"
+                        )
+                    ) from None
                 raise AgentDied(
                     launcher.failure_report(
                         f"the guest's command agent died while trying to {action} ({error}); "
@@ -268,7 +282,9 @@ class GuestCommands:
                 launcher.has_exited()
                 self._kill()
                 raise VMExited(
-                    launcher.failure_report(f"QEMU exited while trying to {action} ({error})")
+                    launcher.failure_report(
+                        f"QEMU exited while trying to {action}: {self._exit_reason()} ({error})"
+                    )
                 ) from None
             except NoReply:
                 self._kill()
@@ -279,6 +295,27 @@ class GuestCommands:
                         "it is hung, and the VM was killed"
                     )
                 ) from None
+
+    def _agent_back_or_vm_gone(self) -> bool:
+        """After the agent's port closed: True once the agent answers again, False if
+        QEMU is gone or going.
+
+        A guest that powers off (``poweroff -f``, ``reboot -f`` under ``-no-reboot``)
+        closes the port first and QEMU exits a moment later, a long moment on a busy
+        host: wait for one or the other instead of guessing.
+        """
+        launcher = self._launcher
+        try:
+            launcher.channel.settle(time.monotonic() + _AGENT_RETURN_WAIT)
+        except ChannelError:
+            pass  # closed (QEMU gone) or no answer: QEMU's state decides
+        process = launcher.process
+        gone = process is not None and process.shutdown_reason is not None
+        return not gone and not launcher.has_exited()
+
+    def _exit_reason(self) -> str:
+        process = self._launcher.process
+        return process.exit_reason() if process is not None else "QEMU never started"
 
 
 class CommandMethods:
@@ -393,17 +430,19 @@ def excerpt(text: str) -> str:
     return f"{text[:half]}\n[... {len(text) - _EXCERPT_LIMIT} characters ...]\n{text[-half:]}"
 
 
-def check_command_arguments(command: object, timeout: object, env: object, cwd: object) -> None:
-    """Refuse a command, timeout, environment or directory that cannot work, naming it."""
+def check_command_arguments(
+    command: object, timeout: object, env: object, cwd: object, stdin: object = b""
+) -> None:
+    """Refuse a command, timeout, input, environment or directory that cannot work,
+    naming it."""
     if not isinstance(command, str):
         raise ConfigurationError(f"a guest command must be a string, not {command!r}")
     if "\0" in command:
         raise ConfigurationError(f"guest command {command!r} contains a NUL character")
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
-    ):
+    check_timeout(timeout)
+    if not isinstance(stdin, (bytes, bytearray, memoryview, str)):
         raise ConfigurationError(
-            f"timeout {timeout!r} is not valid: give a number of seconds above 0, or None"
+            f"input {stdin!r} is not valid: give bytes or str (b'' for no input)"
         )
     if env is not None:
         if not isinstance(env, dict):
@@ -422,6 +461,19 @@ def check_command_arguments(command: object, timeout: object, env: object, cwd: 
                 )
     if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
         raise ConfigurationError(f"cwd {cwd!r} is not a valid guest directory")
+
+
+def check_timeout(timeout: object) -> None:
+    """Refuse a timeout that is not a finite number of seconds above 0 (or None)."""
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf  # also refuses NaN
+    ):
+        raise ConfigurationError(
+            f"timeout {timeout!r} is not valid: give a finite number of seconds above 0, "
+            "or None for no limit"
+        )
 
 
 def check_guest_path(path: object) -> None:

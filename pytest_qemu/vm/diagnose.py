@@ -40,6 +40,13 @@ _KNOWN = (
         "a ReadOnlyDirectory (FAT) holds too much for QEMU's virtual FAT driver: {detail}; "
         "share it with P9Directory instead",
     ),
+    (
+        # QEMU 7.2: "could not load PC BIOS 'bios-256k.bin'", "Could not find ROM image 'x'".
+        re.compile(r"(?:could not load PC BIOS|Could not find ROM image) '(?P<file>[^']+)'", re.I),
+        "QEMU cannot find the firmware file {file}: firmware comes with QEMU's packages and "
+        "those they depend on (on Debian and Ubuntu: seabios, ipxe-qemu, qemu-system-data, "
+        "qemu-efi-aarch64, ovmf, opensbi); install them, or name a file that exists",
+    ),
 )
 
 
@@ -76,3 +83,8 @@ def failure_report(
         f"last console lines ({console_log}):\n{console_tail or '(empty)'}",
     ]
     return "\n".join(lines)
+
+
+def describe(error: BaseException) -> str:
+    """*error* in words, even when its message is empty (a bare ``TimeoutError()``)."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -19,11 +19,12 @@ from typing import Any
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.errors import SetupError, VMExited
 from pytest_qemu.guests.base import Guest
+from pytest_qemu.vm import process as qemu_process
 from pytest_qemu.vm.commands import GuestCommands
 from pytest_qemu.vm.console import Console
-from pytest_qemu.vm.diagnose import failure_report
+from pytest_qemu.vm.diagnose import describe, failure_report
 from pytest_qemu.vm.plan import LaunchPlan
-from pytest_qemu.vm.process import SOCKET_WAIT, QemuProcess
+from pytest_qemu.vm.process import QemuProcess
 from pytest_qemu.vm.qmp import EventCallback
 from pytest_qemu.vm.rundir import RunFiles
 from pytest_qemu.vm.transcript import Transcript
@@ -102,10 +103,23 @@ class Launcher:
 
     def _post_launch(self, process: QemuProcess) -> None:
         """Once QEMU runs: its QMP session."""
+        wait = self.socket_wait
         try:
-            process.connect_qmp(self.files.paths.qmp_socket, SOCKET_WAIT)
+            process.connect_qmp(self.files.paths.qmp_socket, wait)
         except Exception as error:  # qemu.qmp raises AssertionError if QEMU hangs up early
-            raise self.start_failure(f"cannot connect to QEMU's QMP socket ({error})") from None
+            raise self.start_failure(
+                f"cannot connect to QEMU's QMP socket within {wait:g} s ({describe(error)})"
+            ) from None
+
+    @property
+    def socket_wait(self) -> float:
+        """How long QEMU may take to answer on its sockets after it starts.
+
+        Dozens of QEMUs starting at once on a few busy cores took longer than
+        ``SOCKET_WAIT`` to greet on QMP (16 tests at ``-n 16``, 3 VMs each): allow
+        the boot timeout. A QEMU that exits ends the wait at once.
+        """
+        return max(qemu_process.SOCKET_WAIT, self.boot_timeout)
 
     def _channel_events(self) -> dict[str, EventCallback]:
         """The QMP events the channel hears of: its serial port opening and closing."""

@@ -92,6 +92,9 @@ class QemuProcess:
     def __init__(self, process: subprocess.Popen[bytes], qmp: QMPConnection) -> None:
         self.process = process
         self.qmp = qmp
+        #: The reason of QEMU's SHUTDOWN event ("guest-shutdown"...), once it came.
+        self.shutdown_reason: str | None = None
+        qmp.on_events(["SHUTDOWN"], self._on_shutdown)
 
     @classmethod
     def start(
@@ -135,6 +138,28 @@ class QemuProcess:
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def _on_shutdown(self, _name: str, data: dict[str, Any]) -> None:
+        self.shutdown_reason = str(data.get("reason", "unknown"))
+
+    def exit_reason(self) -> str:
+        """Why QEMU exited, in words: the guest's own power-off or reset, a signal..."""
+        reason = self.shutdown_reason
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU reported SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-reset":
+            return (
+                "the guest rebooted (QEMU reported SHUTDOWN, reason guest-reset; VMs run with "
+                "-no-reboot, so a reboot ends QEMU)"
+            )
+        if reason == "guest-panic":
+            return "the guest kernel panicked (QEMU reported SHUTDOWN, reason guest-panic)"
+        if reason is not None:
+            return f"QEMU reported SHUTDOWN, reason {reason}"
+        status = self.returncode
+        if status is not None and status < 0:
+            return f"QEMU was killed by signal {-status}"
+        return f"QEMU exited with status {status}"
 
     def execute(self, command: str, arguments: dict[str, object] | None, timeout: float) -> Any:
         """Run a QMP command (see :meth:`QMPConnection.execute`)."""

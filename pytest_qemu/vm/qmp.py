@@ -40,6 +40,10 @@ class _CallbackListener(EventListener):
         self._callback = callback
 
     async def put(self, event: Message) -> None:
+        # Overriding put skips the base class's filter: apply it, or every listener hears
+        # every event (a clone's RESUME listener heard VSERPORT_CHANGE as its resume).
+        if not self.accept(event):
+            return
         data = event.get("data")
         self._callback(str(event["event"]), data if isinstance(data, dict) else {})
 

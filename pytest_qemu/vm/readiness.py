@@ -8,8 +8,8 @@ import time
 from typing import TYPE_CHECKING
 
 from pytest_qemu.channels.base import ChannelClosed, ChannelError
-from pytest_qemu.errors import BootTimeout, VMExited
-from pytest_qemu.vm.process import SOCKET_WAIT
+from pytest_qemu.errors import BootTimeout, VMExited, troubleshooting
+from pytest_qemu.vm.diagnose import describe
 
 if TYPE_CHECKING:
     from pytest_qemu.vm.launcher import Launcher
@@ -23,10 +23,10 @@ def wait_until_ready(launcher: Launcher, deadline: float, resumed: bool) -> str:
     """
     channel = launcher.channel
     try:
-        channel.connect(time.monotonic() + SOCKET_WAIT, launcher.is_running)
+        channel.connect(time.monotonic() + launcher.socket_wait, launcher.is_running)
     except OSError as error:
         raise launcher.start_failure(
-            f"cannot connect to the command channel's socket ({error})"
+            f"cannot connect to the command channel's socket ({describe(error)})"
         ) from None
     try:
         return channel.wait_ready(deadline, resumed=resumed)
@@ -44,7 +44,9 @@ def wait_until_ready(launcher: Launcher, deadline: float, resumed: bool) -> str:
         raise BootTimeout(
             launcher.failure_report(
                 f"the guest did not come up within the boot timeout of "
-                f"{launcher.boot_timeout:g} s ({error})" + (f"\n{hint}" if hint else "")
+                f"{launcher.boot_timeout:g} s ({error})"
+                + (f"\n{hint}" if hint else "")
+                + f"\n({troubleshooting('boot-timeout')})"
             )
         ) from None
 

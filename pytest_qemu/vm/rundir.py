@@ -24,10 +24,20 @@ def remove_orphaned_run_directories() -> list[Path]:
     removed = []
     for directory in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
         owner = directory.name[len(_PREFIX) :].split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if owner.isdigit() and not _alive(int(owner)):
             shutil.rmtree(directory, ignore_errors=True)
             removed.append(directory)
     return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process *pid* runs (a killed xdist worker not yet reaped is a zombie: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "PID (COMMAND) STATE ...": the command may hold spaces and parentheses.
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def _sweep_orphans() -> None:

@@ -35,7 +35,7 @@ def _boot(factory: VMFactory, debian: DebianImage, **options: object):  # type: 
         image=debian.disk,
         kernel=debian.kernel,
         initramfs=debian.initramfs,
-        kernel_args=["root=/dev/vda", "rw", "quiet"],
+        kernel_args=["root=/dev/vda2", "rw", "quiet"],
         memory=512,
         boot_timeout=240,
         **options,

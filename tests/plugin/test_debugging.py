@@ -53,6 +53,9 @@ def test_a_kernel_warning_fails_the_test_even_off_the_console(
             "*WARNING: CPU: 0 PID: 1 at drivers/pytest/qemu.c:42 test*",
         ]
     )
+    # The trouble alone: none of the plugin's frames (its hook, the kernel log check).
+    assert "kernel_log.py" not in result.stdout.str()
+    assert "pytest_qemu/plugin/__init__.py" not in result.stdout.str()
     ignored = pytester.runpytest_subprocess(
         "--qemu-accel=tcg", "--qemu-kernel-warnings=ignore", "-k", "test_warns"
     )
@@ -169,9 +172,11 @@ def test_keep_failed_waits_for_enter_and_then_ends_the_vms(
             assert False
         """
     )
+    # The VM's logs (and so its command line, which qemu_pids looks for) go under the
+    # run's basetemp: keep it inside pytester.path whatever pytest's default temp root.
     pid, master = _run_in_pty(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--qemu-accel=tcg",
-         "--qemu-keep-failed", "-s"],
+         "--qemu-keep-failed", "-s", f"--basetemp={pytester.path / 'basetemp'}"],
         pytester.path,
     )  # fmt: skip
     seen: list[bytes] = []

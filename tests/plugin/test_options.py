@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import small_tmpfs
+
 FIXTURES = (
     "qemu_vm",
     "qemu_vm_factory",
@@ -52,6 +54,13 @@ def test_options_are_documented_in_help(pytester: pytest.Pytester) -> None:
         (["--qemu-kernel=/no/such/vmlinuz"], "*--qemu-kernel '/no/such/vmlinuz': no such file*"),
         (["--qemu-memory=8"], "*--qemu-memory 8 MiB is far too small*"),
         (["--qemu-kernel-args=x='a\nb'"], "*--qemu-kernel-args * argument 'x=a\\nb'*control*"),
+        (["--qemu-boot-timeout=nan"], "*--qemu-boot-timeout 'nan' is not a finite number*"),
+        (["--qemu-boot-timeout=inf"], "*--qemu-boot-timeout 'inf' is not a finite number*"),
+        (["--qemu-memory=nan"], "*--qemu-memory 'nan' is not a number*"),
+        (
+            ["--qemu-log-dir=/proc/version/logs"],
+            "*--qemu-log-dir '/proc/version/logs' is not a writable directory*",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors(
@@ -88,6 +97,37 @@ def test_a_cache_dir_that_cannot_be_created_is_a_usage_error(pytester: pytest.Py
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.parametrize("variable", ["PYTEST_QEMU_CACHE_DIR", "XDG_CACHE_HOME"])
+def test_a_cache_dir_from_the_environment_that_is_a_file_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    blocker = pytester.path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.delenv("PYTEST_QEMU_CACHE_DIR", raising=False)
+    monkeypatch.setenv(variable, str(blocker))
+    pytester.makepyfile("def test_vm(qemu_vm): pass")
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"*cache directory '{blocker}*' (from {variable}) cannot be used: {blocker} is not a "
+         "directory*--qemu-cache-dir*"]
+    )  # fmt: skip
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_read_only_cache_dir_from_the_environment_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with small_tmpfs(pytester.path / "ro", size_kib=64, read_only=True) as read_only:
+        monkeypatch.setenv("PYTEST_QEMU_CACHE_DIR", str(read_only / "cache"))
+        pytester.makepyfile("def test_vm(qemu_vm): pass")
+        result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*(from PYTEST_QEMU_CACHE_DIR)*{read_only} is not writable*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 def test_the_cache_dir_is_created(pytester: pytest.Pytester) -> None:
     cache = pytester.path / "new" / "cache"
     pytester.makepyfile("def test_nothing(): pass")
@@ -120,6 +160,24 @@ def test_missing_qemu_is_a_clear_error(pytester: pytest.Pytester) -> None:
     assert "resolved_binary" not in result.stdout.str()
 
 
+def test_missing_qemu_under_auto_is_a_test_error_not_an_internal_error(
+    pytester: pytest.Pytester,
+) -> None:
+    # The header's accelerator probe needs QEMU too: it must not turn into an INTERNALERROR.
+    pytester.makepyfile("def test_vm(qemu_vm): pass\ndef test_other(): pass")
+    result = pytester.runpytest_subprocess("--qemu-binary=/nonexistent/qemu-system-x86_64")
+    result.assert_outcomes(errors=1, passed=1)
+    output = result.stdout.str()
+    assert "INTERNALERROR" not in output + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            "pytest-qemu: VMs cannot start: *'/nonexistent/qemu-system-x86_64' was not found*",
+            "*ERROR at setup of test_vm*",
+            "*'/nonexistent/qemu-system-x86_64' was not found*apt-get install qemu-system-x86*",
+        ]
+    )
+
+
 def test_header_names_the_accelerator(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess("--qemu-accel=auto")
@@ -130,3 +188,38 @@ def test_a_first_run_says_what_it_will_build(pytester: pytest.Pytester, tmp_path
     pytester.makepyfile("def test_nothing(): pass")
     result = pytester.runpytest_subprocess(f"--qemu-cache-dir={tmp_path / 'empty'}")
     result.stdout.fnmatch_lines(["*pytest-qemu: nothing built yet in *: the first VMs build*"])
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("memroy=512", "*@pytest.mark.qemu has no keyword 'memroy': the known keywords are arch, "
+         "userland, snapshot, cpus, kernel_warnings*"),
+        ("cpu=2", "*@pytest.mark.qemu has no keyword 'cpu'*cpus*"),
+        ("cpus=0", "*@pytest.mark.qemu: cpus 0 is not valid: give a number from 1 to 255*"),
+        ("'aarch64'", "*@pytest.mark.qemu('aarch64',) takes keywords only*arch, userland*"),
+        ("snapshot='no'", "*@pytest.mark.qemu: snapshot 'no' is not valid: give True or False*"),
+        ("kernel_warnings='off'", "*@pytest.mark.qemu: kernel_warnings 'off' is not valid*"),
+        ("userland='alpine'", "*@pytest.mark.qemu: userland 'alpine' is not valid*"),
+    ],
+)  # fmt: skip
+def test_a_bad_qemu_marker_fails_the_test_naming_the_keyword(
+    pytester: pytest.Pytester, marker: str, message: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.qemu({marker})
+        def test_vm(qemu_vm_factory):
+            raise AssertionError("the test ran")
+
+        @pytest.mark.qemu(arch="x86_64", snapshot=False, kernel_warnings=False, userland="host")
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--qemu-accel=tcg")
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_vm*", message])
+    assert "the test ran" not in result.stdout.str()

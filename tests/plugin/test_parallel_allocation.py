@@ -14,8 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -459,3 +460,31 @@ class Held:
             and self.macs <= other.macs
             and self.network_ids <= other.network_ids
         )
+
+
+def test_a_killed_workers_run_directory_is_removed_by_the_same_run(
+    pytester: pytest.Pytester, isolated_state: Path, qemu_pids: Callable[[], set[int]]
+) -> None:
+    pytester.makepyfile(
+        """
+        import os
+        import signal
+        from pathlib import Path
+
+        def test_killed(qemu_vm):
+            qemu_vm.check("true")
+            Path("worker.pid").write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def test_quick():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "--qemu-accel=tcg", "-p", "no:randomly")
+    output = result.stdout.str()
+    assert "crashed" in output, output
+    worker = int((pytester.path / "worker.pid").read_text())
+    # Not only at the next run: this run's controller removed it once the worker was gone.
+    left = list(Path(tempfile.gettempdir()).glob(f"pytest-qemu-vm-{worker}-*"))
+    assert left == [], f"run directories of the killed worker {worker} remain: {left}"
+    assert qemu_pids() == set()

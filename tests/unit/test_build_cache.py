@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
 
 from pytest_qemu.cache import BuildCache
+from pytest_qemu.errors import CacheFull
+from tests.helpers import small_tmpfs
 
 
 def test_concurrent_callers_build_once_and_leave_no_lock(tmp_path: Path) -> None:
@@ -32,7 +37,7 @@ def test_concurrent_callers_build_once_and_leave_no_lock(tmp_path: Path) -> None
         thread.join()
     assert len(builds) == 1
     assert {path.read_bytes() for path in results} == {b"built"}
-    assert sorted(path.name for path in (tmp_path / "kind").iterdir()) == ["k.bin"]
+    assert sorted(path.name for path in (tmp_path / "kind").iterdir()) == ["k.bin", "k.bin.sum"]
 
 
 def test_a_failed_build_leaves_nothing_and_the_next_caller_builds(tmp_path: Path) -> None:
@@ -48,4 +53,56 @@ def test_a_failed_build_leaves_nothing_and_the_next_caller_builds(tmp_path: Path
     assert list((tmp_path / "kind").iterdir()) == []
     path = cache.get("kind", "k", ".bin", lambda out: out.write(b"whole") and None)
     assert path.read_bytes() == b"whole"
-    assert sorted(p.name for p in (tmp_path / "kind").iterdir()) == ["k.bin"]
+    assert sorted(p.name for p in (tmp_path / "kind").iterdir()) == ["k.bin", "k.bin.sum"]
+
+
+def _writer(data: bytes, builds: list[bytes]) -> Callable[[BinaryIO], None]:
+    def build(out: BinaryIO) -> None:
+        builds.append(data)
+        out.write(data)
+
+    return build
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: os.truncate(path, 3),  # a truncated file (the "Bus error" agent)
+        lambda path: path.write_bytes(b"X" * len(path.read_bytes())),  # same size, other bytes
+        lambda path: path.with_name(path.name + ".sum").unlink(),  # no record: not trusted
+    ],
+    ids=["truncated", "overwritten", "unrecorded"],
+)
+def test_a_damaged_file_is_rebuilt_not_trusted(
+    tmp_path: Path, damage: Callable[[Path], object]
+) -> None:
+    builds: list[bytes] = []
+    path = BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"the agent binary", builds))
+    damage(path)
+    # A new process (a fresh BuildCache) checks the file before handing it out.
+    again = BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"the agent binary", builds))
+    assert again == path and path.read_bytes() == b"the agent binary"
+    assert len(builds) == 2
+    # Intact now: the next caller builds nothing.
+    BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"the agent binary", builds))
+    assert len(builds) == 2
+
+
+def test_a_full_cache_says_so_names_the_directory_and_leaves_nothing(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "cache", size_kib=64) as cache_dir:
+        cache = BuildCache(cache_dir)
+        with pytest.raises(CacheFull) as full:
+            cache.get("kernels", "k", ".vmlinux", _writer(b"x" * 1024 * 1024, []))
+        message = str(full.value)
+        assert "cache is full" in message and str(cache_dir / "kernels") in message
+        assert "No space left on device" in message
+        assert list((cache_dir / "kernels").iterdir()) == []
+
+
+def test_a_cache_too_full_for_even_a_directory_says_so(tmp_path: Path) -> None:
+    # No inode left: even the kind's directory cannot be made.
+    with (
+        small_tmpfs(tmp_path / "cache", size_kib=64, inodes=1) as cache_dir,
+        pytest.raises(CacheFull, match=re.escape(str(cache_dir / "agents"))),
+    ):
+        BuildCache(cache_dir).get("agents", "k", "", _writer(b"x" * 8192, []))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import ConfigurationError, MachineSpec, VirtioRandom
+from pytest_qemu import VM, ConfigurationError, MachineSpec, VirtioRandom
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.plugin.factory import VMFactory
 from pytest_qemu.plugin.session import QemuSession
@@ -164,6 +164,9 @@ def factory(tmp_path: Path) -> VMFactory:
         ({"boot_timeout": True}, "boot_timeout True is not valid"),
         ({"kernel_args": [1]}, "argument 1 is not a string"),
         ({"qemu_args": 5}, "qemu_args 5 is not a list of arguments"),
+        ({"snapshot": "no"}, "snapshot 'no' is not valid: give True or False"),
+        ({"userland": "alpine"}, "userland 'alpine' is not valid: use one of"),
+        ({"arch": 64}, "arch 64 is not valid"),
     ],
 )
 def test_factory_refuses_bad_arguments_before_building_anything(
@@ -173,3 +176,36 @@ def test_factory_refuses_bad_arguments_before_building_anything(
         factory(**options)  # type: ignore[arg-type]
     assert not (tmp_path / "cache").exists(), "the guest was built before the check"
     assert factory.vms == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"timeout": float("nan")}, "timeout nan is not valid"),
+        ({"timeout": float("inf")}, "timeout inf is not valid"),
+        ({"timeout": 0}, "timeout 0 is not valid"),
+        ({"input": None}, "input None is not valid: give bytes or str"),
+        ({"input": 5}, "input 5 is not valid: give bytes or str"),
+    ],
+)
+def test_run_refuses_bad_arguments_naming_them(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    # Checked before the VM is asked anything: this one was never started.
+    vm = VM(MachineSpec(kernel=sized_file(tmp_path / "vmlinux", MIB)), log_dir=tmp_path / "logs")
+    try:
+        with pytest.raises(ConfigurationError, match=re.escape(message)):
+            vm.run("cat", **options)  # type: ignore[arg-type]
+    finally:
+        vm.kill()
+
+
+def test_put_and_get_refuse_a_timeout_that_is_not_a_number(tmp_path: Path) -> None:
+    vm = VM(MachineSpec(kernel=sized_file(tmp_path / "vmlinux", MIB)), log_dir=tmp_path / "logs")
+    try:
+        with pytest.raises(ConfigurationError, match="timeout nan is not valid"):
+            vm.put(tmp_path / "vmlinux", "/tmp/x", timeout=float("nan"))
+        with pytest.raises(ConfigurationError, match="timeout nan is not valid"):
+            vm.get("/etc/hostname", tmp_path, timeout=float("nan"))
+    finally:
+        vm.kill()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, MachineSpec
-from pytest_qemu.vm import rundir
+from pytest_qemu import VM, MachineSpec, VMExited
+from pytest_qemu.vm import process, rundir
 from pytest_qemu.vm.start import template
 
 
@@ -80,3 +80,53 @@ def test_only_run_directories_of_gone_processes_are_swept(
         (directory / "qmp.sock").touch()
     assert rundir.remove_orphaned_run_directories() == [dead]
     assert not dead.exists() and alive.exists() and unrelated.exists()
+
+
+#: A stand-in for QEMU that, like one of 48 starting at once on 2 cores, answers on its
+#: QMP socket only after a while, then exits without opening the agent's socket.
+SLOW_QEMU = r"""#!/usr/bin/env python3
+import json, re, socket, sys, time
+path = re.search(r"id=qmp,path=([^,]+)", " ".join(sys.argv)).group(1)
+time.sleep(1.5)
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(1)
+connection, _ = server.accept()
+connection.sendall(json.dumps({"QMP": {"version": {"qemu": {"major": 7, "minor": 2,
+    "micro": 0}, "package": ""}, "capabilities": []}}).encode() + b"\r\n")
+# QMP clients need not end a command with a newline: decode the stream as it comes.
+received, decoder = "", json.JSONDecoder()
+while True:
+    chunk = connection.recv(4096)
+    if not chunk:
+        sys.exit(2)
+    received += chunk.decode()
+    try:
+        command, _ = decoder.raw_decode(received.strip())
+    except ValueError:
+        continue
+    break
+reply = {"return": {}, **({"id": command["id"]} if "id" in command else {})}
+connection.sendall(json.dumps(reply).encode() + b"\r\n")
+time.sleep(0.5)
+sys.exit(1)  # soon after QMP answered: the VM then fails at once at the next step
+"""
+
+
+def test_qemu_slow_to_answer_on_qmp_gets_the_boot_timeout_not_a_fixed_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(SLOW_QEMU)
+    fake.chmod(0o755)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\0" * 4096)
+    # The fixed wait made shorter than the fake's delay; the boot timeout is longer.
+    monkeypatch.setattr(process, "SOCKET_WAIT", 0.5)
+    vm = VM(MachineSpec(kernel=kernel, qemu=str(fake)), log_dir=tmp_path / "logs", boot_timeout=60)
+    with pytest.raises(VMExited) as failure:
+        vm.start()
+    # QMP answered within the boot timeout; what failed is the next step, the agent.
+    headline = str(failure.value).splitlines()[0]
+    assert "QMP" not in headline and "command channel" in headline, headline
+    assert vm.pid is not None and not vm.is_running()

@@ -31,7 +31,12 @@ from pytest_qemu.vm.process import QemuProcess
 from pytest_qemu.vm.snapshot import Snapshot
 from pytest_qemu.vm.start.base import StartOutcome, StartStrategy
 from pytest_qemu.vm.start.cold import ColdBoot
-from pytest_qemu.vm.start.template import IGNORE_SHARED, build_template
+from pytest_qemu.vm.start.template import (
+    IGNORE_SHARED,
+    boot_without_template,
+    build_template,
+    no_room_for_template,
+)
 
 if TYPE_CHECKING:
     from pytest_qemu.vm.launcher import Launcher
@@ -61,14 +66,20 @@ class Clone(StartStrategy):
             if isinstance(cloned, StartOutcome):
                 return cloned
         built = False
+        no_room: str | None = None
         # One process builds the template; the others wait here, then clone it.
         with snapshot.building():
             if not snapshot.exists():
-                unsaved = build_template(launcher, snapshot, started)
-                if unsaved is not None:
-                    # The template could not be saved, and its VM ran on as this one.
-                    return unsaved
-                built = True
+                no_room = no_room_for_template(launcher.plan.spec.memory, snapshot.ram.parent)
+                if no_room is None:
+                    unsaved = build_template(launcher, snapshot, started)
+                    if unsaved is not None:
+                        # The template could not be saved (or kept), and its VM ran on
+                        # as this one, or the VM booted without one.
+                        return unsaved
+                    built = True
+        if no_room is not None:
+            return boot_without_template(launcher, no_room)
         cloned = _clone(launcher, snapshot)
         if isinstance(cloned, StartOutcome):
             return StartOutcome(cloned.argv, cloned.restored_from, built_template=built)

@@ -7,7 +7,9 @@ Used by the :mod:`clone <pytest_qemu.vm.start.clone>` strategy on a template mis
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -15,10 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qemu.qmp import QMPError
 
-from pytest_qemu.errors import SnapshotWarning
+from pytest_qemu.errors import CacheWarning, SnapshotWarning, VMError
 from pytest_qemu.vm import readiness
 from pytest_qemu.vm.snapshot import Snapshot
 from pytest_qemu.vm.start.base import StartOutcome
+from pytest_qemu.vm.start.cold import ColdBoot
 
 if TYPE_CHECKING:
     from pytest_qemu.vm.launcher import Launcher
@@ -49,8 +52,20 @@ def build_template(launcher: Launcher, snapshot: Snapshot, started: float) -> St
         launcher.files.paths, memory_file=partial_ram, share_memory=True
     )
     try:
-        process = launcher.launch(argv)
-        readiness.wait_until_ready(launcher, started + launcher.boot_timeout, resumed=False)
+        try:
+            process = launcher.launch(argv)
+            readiness.wait_until_ready(launcher, started + launcher.boot_timeout, resumed=False)
+        except VMError:
+            if launcher.process is None or launcher.process.returncode != -signal.SIGBUS:
+                raise
+            # The RAM file's file system filled up under the guest (another process took
+            # the room measured before): boot without a template.
+            launcher.stop_process()
+            reason = no_room_for_template(launcher.plan.spec.memory, snapshot.ram.parent) or (
+                f"the template VM died of SIGBUS: its RAM file in {snapshot.ram.parent} "
+                "could not grow (is that file system full?)"
+            )
+            return boot_without_template(launcher, reason)
         launcher.channel.settle(started + launcher.boot_timeout)
         disks = [path for device in launcher.plan.spec.devices if (path := device.template_file())]
         if save(process, snapshot, partial_ram, launcher.files.paths.console_log, disks):
@@ -65,6 +80,38 @@ def build_template(launcher: Launcher, snapshot: Snapshot, started: float) -> St
         )
     finally:
         partial_ram.unlink(missing_ok=True)
+
+
+#: Room for a template's device state and console log, beside its RAM file.
+_TEMPLATE_EXTRA_MIB = 16
+
+
+def no_room_for_template(memory_mib: int, directory: Path) -> str | None:
+    """Why a template cannot be built in *directory* (None if it can).
+
+    A template's RAM file is sparse, but the guest may touch all of it: on a file
+    system without that room QEMU dies of SIGBUS. Better to boot plainly, and say why.
+    """
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return None  # the build itself reports an unusable directory
+    free_mib = stats.f_bavail * stats.f_frsize // (1024 * 1024)
+    if free_mib >= memory_mib + _TEMPLATE_EXTRA_MIB:
+        return None
+    return (
+        f"the pytest-qemu cache is full: {directory} has {free_mib} MiB free, less than the "
+        f"{memory_mib + _TEMPLATE_EXTRA_MIB} MiB a VM template of {memory_mib} MiB of memory "
+        "may fill, so this VM boots instead of being cloned (slower). Free space there, or "
+        "point --qemu-cache-dir (or PYTEST_QEMU_CACHE_DIR) at a larger file system"
+    )
+
+
+def boot_without_template(launcher: Launcher, reason: str) -> StartOutcome:
+    """Boot the VM plainly because no template could be kept, and say so."""
+    warnings.warn(CacheWarning(reason), stacklevel=5)
+    launcher.transcript.add(f"booting without a template: {reason}")
+    return ColdBoot(reason).start(launcher, time.monotonic())
 
 
 def save(
@@ -91,8 +138,13 @@ def save(
                 break
             time.sleep(0.005)
         if status == "completed":
-            snapshot.publish(partial, partial_ram, console_log, disks)
-            return True
+            try:
+                snapshot.publish(partial, partial_ram, console_log, disks)
+                return True
+            except OSError as error:
+                # A full cache, say: this VM runs on without a template.
+                snapshot.discard()
+                status = f"publishing it in {snapshot.state.parent} failed: {error}"
         qmp.execute("cont", None, 30)
     except QMPError as error:
         # e.g. a device from qemu_args that blocks migration: this VM simply runs on.
