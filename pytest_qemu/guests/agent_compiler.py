@@ -11,6 +11,8 @@ symbols end up in it (``-s`` strips them), so two builds give the same bytes.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import subprocess
 import tempfile
@@ -59,6 +61,10 @@ def compile_agent(compiler: Path, source: bytes, output: Path, packages: tuple[s
             timeout=300,
         )
     if result.returncode != 0:
+        if "No space left on device" in result.stderr:
+            # The output's file system is full: the build cache says so, naming its
+            # directory (CacheFull), where a compiler error would blame the C library.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(output))
         raise SetupError(
             f"compiling the guest agent with {compiler} failed (a static C library is "
             f"needed: `{install_hint(packages)}`):\n" + result.stderr.strip()[-3000:]

@@ -435,7 +435,9 @@ def test_wait_ready_waits_for_a_late_agent_and_ignores_the_pings_it_answers_late
     assert channel.wait_ready(time.monotonic() + 10) == "-"
     assert 1.2 <= time.monotonic() - started < 3
     syncs = [r for r in agent.requests if r["execute"] == "guest-sync"]
-    assert len(syncs) >= 3
+    # At least one ping went unanswered before the agent woke (more on an idle host: one
+    # every 0.5 s; a loaded one may send only two in 1.2 s).
+    assert len(syncs) >= 2
     # Every stale answer was dropped quietly: the channel still works.
     assert run(channel, "echo ok").stdout == "ok\n"
     channel.close()
