@@ -35,6 +35,13 @@ def default_cache_dir_and_source() -> tuple[Path, str]:
     return Path.home() / ".cache" / "pytest-qemu", "the default ~/.cache"
 
 
+def make_writable_directory(path: Path) -> None:
+    """Create *path* if needed and check a file can be written in it; ``OSError`` if not."""
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+
+
 def file_fingerprint(path: Path) -> str:
     """Identifies a file's version cheaply: path, size and modification time."""
     stat = path.stat()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu import __version__
+from pytest_qemu.cache import make_writable_directory
 from pytest_qemu.errors import QemuError
 from pytest_qemu.guests.agent_build import agent_origin
 from pytest_qemu.guests.initramfs import check_static, find_busybox
@@ -168,9 +168,7 @@ def _gib(size: int) -> str:
 def directory_finding(what: str, path: Path, purpose: str) -> Finding:
     """Whether *path* can be created and written to, and its free space."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        make_writable_directory(path)
     except OSError as error:
         return Finding(
             MISSING,

@@ -7,7 +7,6 @@ import math
 import os
 import shlex
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_qemu.cache import default_cache_dir_and_source
+from pytest_qemu.cache import default_cache_dir_and_source, make_writable_directory
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.guests import GUEST_KINDS
@@ -169,9 +168,7 @@ def _writable_directory(config: Values, name: str) -> Path:
     text = config(name)
     path = Path(text).expanduser().absolute()
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        make_writable_directory(path)
     except OSError as error:
         raise ConfigurationError(
             f"--qemu-{name} {text!r} is not a writable directory ({error.strerror}: "
