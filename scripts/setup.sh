@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for pytest-qemu, and is safe to run again:
-# - QEMU for x86-64 and Arm, the host's kernel, busybox-static and C compilers
-#   (the guest agent is compiled for each architecture) from apt, and mmdebstrap
+# - QEMU for every architecture (x86, Arm, POWER, s390x, MIPS, RISC-V), their
+#   firmware (OpenSBI, OVMF, AAVMF), the host's kernel, busybox-static and a C
+#   cross compiler per architecture (the guest agent is compiled for each) from apt, and mmdebstrap
 #   and e2fsprogs, which build the Debian test image (pytest_qemu/images/), and
 #   syslinux, mtools and dosfstools, which make a disk that boots by itself;
 # - nothing foreign: the first aarch64 VM downloads Debian's arm64 kernel and
@@ -16,8 +17,12 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 packages=(
-    qemu-system-x86 qemu-system-arm qemu-utils linux-image-amd64 busybox-static kmod
-    python3-venv gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gdb
+    qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-system-misc qemu-system-mips qemu-utils
+    opensbi ovmf qemu-efi-aarch64 linux-image-amd64 busybox-static kmod python3-venv gdb
+    gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    gcc-i686-linux-gnu libc6-dev-i386-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+    gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross
+    gcc-mips64el-linux-gnuabi64 libc6-dev-mips64el-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
     mmdebstrap e2fsprogs syslinux mtools dosfstools
 )
 missing=()
