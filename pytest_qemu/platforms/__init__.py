@@ -14,6 +14,9 @@ PLATFORMS: Registry[Platform] = Registry(
     [
         Entry("x86_64", "pytest_qemu.platforms.x86_64:PLATFORM", "64-bit PC"),
         Entry("aarch64", "pytest_qemu.platforms.aarch64:PLATFORM", "64-bit Arm, emulated"),
+        Entry("i386", "pytest_qemu.platforms.i386:PLATFORM", "32-bit PC, emulated"),
+        Entry("armhf", "pytest_qemu.platforms.armhf:PLATFORM", "32-bit Arm, emulated"),
+        Entry("mips64el", "pytest_qemu.platforms.mips64el:PLATFORM", "64-bit MIPS, emulated"),
     ],
     refusal="{what} {name!r} is not supported: use one of {names}",
 )

@@ -51,6 +51,8 @@ class Platform(abc.ABC):
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
+    gdb_architecture: str = ""
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""
@@ -100,6 +102,15 @@ class Platform(abc.ABC):
         if self.is_host:
             return Path("/")
         return unpacked_root(cache_dir, self.debian_arch, self.kernel_package, self.debian_suite)
+
+    def gdb_command(self, socket: Path, symbols: Path | None) -> list[str]:
+        """The command that attaches gdb to the stub on *socket*, with *symbols* if known:
+        the host's ``gdb`` for the host's architecture, else ``gdb-multiarch`` told this one."""
+        if self.is_host or not self.gdb_architecture:
+            gdb = ["gdb"]
+        else:
+            gdb = ["gdb-multiarch", "-ex", f"set architecture {self.gdb_architecture}"]
+        return [*gdb, "-ex", f"target remote {socket}", *([str(symbols)] if symbols else [])]
 
     def __str__(self) -> str:
         return self.name
