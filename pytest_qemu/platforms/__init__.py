@@ -27,6 +27,12 @@ def names() -> list[str]:
     return PLATFORMS.names()
 
 
+def architectures() -> list[str]:
+    """Every architecture VMs can run, for a test matrix:
+    ``@pytest.mark.parametrize("qemu_arch", pytest_qemu.architectures())``."""
+    return names()
+
+
 def get_platform(name: str | None = None) -> Platform:
     """The platform called *name* or one of its aliases (``None``: the host's architecture)."""
     wanted = host.machine() if name is None else name
@@ -39,4 +45,4 @@ def get_platform(name: str | None = None) -> Platform:
     raise PLATFORMS.unknown(wanted)
 
 
-__all__ = ["PLATFORMS", "Platform", "get_platform", "names"]
+__all__ = ["PLATFORMS", "Platform", "architectures", "get_platform", "names"]

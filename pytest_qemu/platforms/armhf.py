@@ -29,6 +29,8 @@ PLATFORM = ArmHF(
     kernel_package="linux-image-armmp",
     compiler="arm-linux-gnueabihf-gcc",
     compiler_packages=("gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross"),
+    guest_machine="armv7l",
+    word_size=32,
     aliases=("armv7l", "arm", "armv7"),
     # arm's COMMAND_LINE_SIZE is 1024 with the terminating NUL.
     command_line_limit=1023,

@@ -15,6 +15,7 @@ import platform as host
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.foreign import unpacked_root
 
 
@@ -49,13 +50,28 @@ class Platform(abc.ABC):
     virtio_transport: str = "pci"
     #: The guest kernel modules of that transport.
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
+    #: Kinds of virtio device (``rng``, ``9p``...) this machine cannot have at all.
+    unavailable_devices: tuple[str, ...] = ()
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: ``uname -m`` in the guest, where it is not :attr:`name` (``i686`` for ``i386``).
+    guest_machine: str = ""
+    #: The guest's word size in bits (its pointers, ``long`` and ELF class).
+    word_size: int = 64
     #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
     gdb_architecture: str = ""
 
     def virtio_device(self, kind: str) -> str:
-        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""
+        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.
+
+        Raises:
+            ConfigurationError: this machine cannot have such a device.
+        """
+        if kind in self.unavailable_devices:
+            raise ConfigurationError(
+                f"a virtio {kind} device is not available on {self.name} guests "
+                f"({' '.join(self.machine_args)}): leave it out of this architecture's VMs"
+            )
         return f"virtio-{kind}-{self.virtio_transport}"
 
     def console_args(self, chardev: str) -> list[str]:
@@ -102,6 +118,11 @@ class Platform(abc.ABC):
         if self.is_host:
             return Path("/")
         return unpacked_root(cache_dir, self.debian_arch, self.kernel_package, self.debian_suite)
+
+    @property
+    def uname_machine(self) -> str:
+        """What ``uname -m`` prints in this platform's guests."""
+        return self.guest_machine or self.name
 
     def gdb_command(self, socket: Path, symbols: Path | None) -> list[str]:
         """The command that attaches gdb to the stub on *socket*, with *symbols* if known:
