@@ -14,6 +14,9 @@ PLATFORMS: Registry[Platform] = Registry(
     [
         Entry("x86_64", "pytest_qemu.platforms.x86_64:PLATFORM", "64-bit PC"),
         Entry("aarch64", "pytest_qemu.platforms.aarch64:PLATFORM", "64-bit Arm, emulated"),
+        Entry("ppc64le", "pytest_qemu.platforms.ppc64le:PLATFORM", "64-bit POWER, emulated"),
+        Entry("s390x", "pytest_qemu.platforms.s390x:PLATFORM", "IBM Z (big-endian), emulated"),
+        Entry("riscv64", "pytest_qemu.platforms.riscv64:PLATFORM", "64-bit RISC-V, emulated"),
     ],
     refusal="{what} {name!r} is not supported: use one of {names}",
 )

@@ -15,6 +15,7 @@ import platform as host
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.foreign import unpacked_root
 
 
@@ -51,9 +52,28 @@ class Platform(abc.ABC):
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: The virtio device kinds its transport has (``serial``, ``9p``...); None: all of them.
+    virtio_kinds: frozenset[str] | None = None
+    #: The file name prefix of its kernel images in ``/boot`` (``vmlinuz-<release>``).
+    kernel_image_prefix: str = "vmlinuz"
+    #: Kernel log messages that look like trouble (``WARNING:``) but are this machine's
+    #: normal boot: kernel-warning detection passes over them.
+    harmless_kernel_messages: tuple[str, ...] = ()
+    #: Why its VMs cannot be cloned from a template under this QEMU (None: they can).
+    clone_blocker: str | None = None
 
     def virtio_device(self, kind: str) -> str:
-        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""
+        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.
+
+        Raises:
+            ConfigurationError: this platform's transport has no such device.
+        """
+        if self.virtio_kinds is not None and kind not in self.virtio_kinds:
+            raise ConfigurationError(
+                f"a virtio {kind} device cannot be attached to a {self.name} VM: QEMU has no "
+                f"virtio-{kind}-{self.virtio_transport}; {self.name} has "
+                f"{', '.join(sorted(self.virtio_kinds))}"
+            )
         return f"virtio-{kind}-{self.virtio_transport}"
 
     def console_args(self, chardev: str) -> list[str]:
