@@ -46,6 +46,13 @@ PLATFORM = PPC64LE(
     aliases=("ppc64el",),
     # pseries' NVRAM starts out zeroed (SLOF, skipped here, would format it); the
     # kernel's partition scan says so with a "WARNING:" line on every boot.
+    device_clone_blockers=(
+        (
+            "net",
+            "a pseries guest restored with a virtio-net device hangs as its interface comes up "
+            "(QEMU 7.2, TCG, XIVE or XICS alike)",
+        ),
+    ),
     harmless_kernel_messages=("nvram corruption detected: 0-length partition",),
     # powerpc's COMMAND_LINE_SIZE is 2048 with the terminating NUL.
     command_line_limit=2047,
