@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from pytest_qemu.errors import SetupError
 from pytest_qemu.guests.cpio import CpioWriter
@@ -104,24 +105,25 @@ def write_initramfs(
 
 
 def _is_static(executable: Path) -> bool:
-    """Whether an ELF file has no PT_INTERP segment, i.e. needs no dynamic loader.
-
-    Any architecture's: 32- or 64-bit (``EI_CLASS``), either byte order (``EI_DATA``;
-    s390x is big-endian)."""
+    """Whether an ELF file (32- or 64-bit, either byte order) has no PT_INTERP segment,
+    i.e. needs no dynamic loader."""
     with executable.open("rb") as file:
         header = file.read(64)
         if header[:4] != b"\x7fELF" or header[4] not in (1, 2) or header[5] not in (1, 2):
             return False
-        order: Literal["little", "big"] = "little" if header[5] == 1 else "big"
-        # e_phoff, e_phentsize and e_phnum sit at class-dependent offsets.
-        offset, size, entry, number = (28, 4, 42, 44) if header[4] == 1 else (32, 8, 54, 56)
-        program_headers = int.from_bytes(header[offset : offset + size], order)
-        entry_size = int.from_bytes(header[entry : entry + 2], order)
-        count = int.from_bytes(header[number : number + 2], order)
+        order = "<" if header[5] == 1 else ">"
+        # e_phoff, e_phentsize and e_phnum sit at different offsets in ELF32 and ELF64.
+        if header[4] == 1:
+            (program_headers,) = struct.unpack_from(f"{order}I", header, 28)
+            entry_size, count = struct.unpack_from(f"{order}HH", header, 42)
+        else:
+            (program_headers,) = struct.unpack_from(f"{order}Q", header, 32)
+            entry_size, count = struct.unpack_from(f"{order}HH", header, 54)
         file.seek(program_headers)
         table = file.read(entry_size * count)
     pt_interp = 3
     return all(
-        int.from_bytes(table[i * entry_size : i * entry_size + 4], order) != pt_interp
+        struct.unpack_from(f"{order}I", table, i * entry_size)[0] != pt_interp
         for i in range(count)
+        if len(table) >= (i * entry_size) + 4
     )

@@ -44,6 +44,7 @@ PLATFORM = PPC64LE(
     compiler="powerpc64le-linux-gnu-gcc",
     compiler_packages=("gcc-powerpc64le-linux-gnu", "libc6-dev-ppc64el-cross"),
     aliases=("ppc64el",),
+    gdb_architecture="powerpc:common64",
     # pseries' NVRAM starts out zeroed (SLOF, skipped here, would format it); the
     # kernel's partition scan says so with a "WARNING:" line on every boot.
     device_clone_blockers=(

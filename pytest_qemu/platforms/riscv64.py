@@ -33,6 +33,7 @@ PLATFORM = RISCV64(
     compiler="riscv64-linux-gnu-gcc",
     compiler_packages=("gcc-riscv64-linux-gnu", "libc6-dev-riscv64-cross"),
     debian_suite="trixie",
+    gdb_architecture="riscv:rv64",
     # Debian installs it as /boot/vmlinux-<release>, an uncompressed Image (EFI stub).
     kernel_image_prefix="vmlinux",
     # riscv's COMMAND_LINE_SIZE is 1024 with the terminating NUL.
