@@ -14,6 +14,7 @@ import abc
 import platform as host
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.foreign import unpacked_root
@@ -68,6 +69,8 @@ class Platform(abc.ABC):
     guest_machine: str = ""
     #: The guest's word size in bits (its pointers, ``long`` and ELF class).
     word_size: int = 64
+    #: The guest's byte order: ``little`` or ``big`` (s390x).
+    byte_order: Literal["little", "big"] = "little"
     #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
     gdb_architecture: str = ""
 

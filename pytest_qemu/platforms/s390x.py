@@ -32,6 +32,7 @@ PLATFORM = S390X(
     kernel_package="linux-image-s390x",
     compiler="s390x-linux-gnu-gcc",
     compiler_packages=("gcc-s390x-linux-gnu", "libc6-dev-s390x-cross"),
+    byte_order="big",
     virtio_transport="ccw",
     gdb_architecture="s390:64-bit",
     virtio_modules=(),
