@@ -91,7 +91,9 @@ class DefaultGuest(AgentGuest):
         platform's Debian packages."""
         if self._host_kernel is None:
             root = self.system_root
-            self._host_kernel = find_host_kernel(root / "boot", root / "lib" / "modules")
+            self._host_kernel = find_host_kernel(
+                root / "boot", root / "lib" / "modules", self.platform.kernel_image_prefix
+            )
         return self._host_kernel
 
     @property

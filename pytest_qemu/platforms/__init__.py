@@ -17,6 +17,9 @@ PLATFORMS: Registry[Platform] = Registry(
         Entry("i386", "pytest_qemu.platforms.i386:PLATFORM", "32-bit PC, emulated"),
         Entry("armhf", "pytest_qemu.platforms.armhf:PLATFORM", "32-bit Arm, emulated"),
         Entry("mips64el", "pytest_qemu.platforms.mips64el:PLATFORM", "64-bit MIPS, emulated"),
+        Entry("ppc64le", "pytest_qemu.platforms.ppc64le:PLATFORM", "64-bit POWER, emulated"),
+        Entry("s390x", "pytest_qemu.platforms.s390x:PLATFORM", "IBM Z (big-endian), emulated"),
+        Entry("riscv64", "pytest_qemu.platforms.riscv64:PLATFORM", "64-bit RISC-V, emulated"),
     ],
     refusal="{what} {name!r} is not supported: use one of {names}",
 )

@@ -14,6 +14,7 @@ import abc
 import platform as host
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.foreign import unpacked_root
@@ -56,12 +57,30 @@ class Platform(abc.ABC):
     pci_slots: int | None = None
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: The file name prefix of its kernel images in ``/boot`` (``vmlinuz-<release>``).
+    kernel_image_prefix: str = "vmlinuz"
+    #: Kernel log messages that look like trouble (``WARNING:``) but are this machine's
+    #: normal boot: kernel-warning detection passes over them.
+    harmless_kernel_messages: tuple[str, ...] = ()
+    #: Why its VMs cannot be cloned from a template under this QEMU (None: they can).
+    clone_blocker: str | None = None
+    #: Devices its VMs cannot be cloned with: (the kind their snapshot layout starts with,
+    #: ``net`` for ``net:multicast``; why).
+    device_clone_blockers: tuple[tuple[str, str], ...] = ()
     #: ``uname -m`` in the guest, where it is not :attr:`name` (``i686`` for ``i386``).
     guest_machine: str = ""
     #: The guest's word size in bits (its pointers, ``long`` and ELF class).
     word_size: int = 64
+    #: The guest's byte order: ``little`` or ``big`` (s390x).
+    byte_order: Literal["little", "big"] = "little"
     #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
     gdb_architecture: str = ""
+
+    def device_clone_blocker(self, layout: str) -> str | None:
+        """Why a VM with a device whose snapshot layout is *layout* cannot be cloned here
+        (None: it can)."""
+        kind = layout.split(":", 1)[0]
+        return next((why for blocked, why in self.device_clone_blockers if blocked == kind), None)
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.
