@@ -15,8 +15,8 @@ For the default guest of each architecture of the registry (every one unless
 - a VM cloned from a template is ready, and has run its first command (``true``)
   (targets: 0.3 s and 0.5 s).
 
-Then the host's userland on the host's architecture (``python3 -c pass`` warm in a
-clone). Templates live in a private store removed at the end.
+Then the host's userland on the host's architecture: cold boot, clone, first command,
+and ``python3 -c pass`` warm in a clone. Templates live in a private store removed at the end.
 """
 
 from __future__ import annotations
@@ -102,13 +102,17 @@ def measure(
 ) -> tuple[float, float, float, float]:
     """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``."""
     guest = DefaultGuest(cache, platform=platform)
-    kind = {"arch": platform.name}
     raw = median(repeat, lambda: time_to_console_line(raw_argv(platform, guest)))
+    return (raw, *starts(factory, {"arch": platform.name}, repeat))
+
+
+def starts(factory: VMFactory, kind: dict[str, Any], repeat: int) -> tuple[float, float, float]:
+    """Medians for VMs of *kind*: cold boot, clone, clone and ``true``."""
     cold = median(repeat, lambda: timed_start(factory, {**kind, "snapshot": False}))
     timed_start(factory, kind)  # builds the template
     clone = median(repeat, lambda: timed_start(factory, kind))
     first = median(repeat, lambda: timed_start(factory, kind, lambda vm: vm.check("true")))
-    return raw, cold, clone, first
+    return cold, clone, first
 
 
 def main() -> None:
@@ -139,6 +143,11 @@ def main() -> None:
             )
 
         host = {"arch": get_platform().name, "userland": "host"}
+        cold, clone, first = starts(factory, host, repeat)
+        print(
+            f"{'host userland':14s} {'':9s} {cold:9.3f}s {'':6s} {clone:6.3f}s {first:12.3f}s",
+            flush=True,
+        )
         vm = factory(**host)
         vm.check("python3 -c pass")  # fills the guest's cache of the host's files
         python = []
