@@ -99,12 +99,15 @@ def median(repeat: int, sample: Callable[[], float]) -> float:
 
 def measure(
     platform: Platform, cache: BuildCache, factory: VMFactory, repeat: int
-) -> tuple[float, float, float, float]:
-    """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``."""
+) -> tuple[float, float, float | None, float | None]:
+    """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``
+    (None for a platform whose VMs cannot be cloned)."""
     guest = DefaultGuest(cache, platform=platform)
     kind = {"arch": platform.name}
     raw = median(repeat, lambda: time_to_console_line(raw_argv(platform, guest)))
     cold = median(repeat, lambda: timed_start(factory, {**kind, "snapshot": False}))
+    if platform.clone_blocker is not None:
+        return raw, cold, None, None
     timed_start(factory, kind)  # builds the template
     clone = median(repeat, lambda: timed_start(factory, kind))
     first = median(repeat, lambda: timed_start(factory, kind, lambda vm: vm.check("true")))
@@ -132,11 +135,12 @@ def main() -> None:
         )
         for name in options.arch or names():
             raw, cold, clone, first = measure(get_platform(name), cache, factory, repeat)
-            print(
-                f"{name:14s} {raw:8.3f}s {cold:9.3f}s {cold / raw:6.2f} "
-                f"{clone:6.3f}s {first:12.3f}s",
-                flush=True,
+            cloned = (
+                "  (cannot be cloned)"
+                if clone is None or first is None
+                else f" {clone:6.3f}s {first:12.3f}s"
             )
+            print(f"{name:14s} {raw:8.3f}s {cold:9.3f}s {cold / raw:6.2f}{cloned}", flush=True)
 
         host = {"arch": get_platform().name, "userland": "host"}
         vm = factory(**host)
