@@ -53,6 +53,8 @@ class Platform(abc.ABC):
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
     #: Kinds of virtio device (``rng``, ``9p``...) this machine cannot have at all.
     unavailable_devices: tuple[str, ...] = ()
+    #: How many PCI devices the machine gives an interrupt to (None: as many as QEMU takes).
+    pci_slots: int | None = None
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
     #: The file name prefix of its kernel images in ``/boot`` (``vmlinuz-<release>``).

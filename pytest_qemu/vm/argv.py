@@ -3,6 +3,7 @@ the boot files' sizes, to check that the guest's memory can hold them."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +305,7 @@ def build_command_line(
     if paths.gdb_socket is not None:
         argv += ["-gdb", option_string(f"unix:{escape(str(paths.gdb_socket))}", server=True,
                                        wait=False)]  # fmt: skip
+    _check_pci_slots(spec.platform, channel_args, device_args)
     argv += channel_args
     argv += device_args
     argv += list(spec.qemu_args)
@@ -313,6 +315,26 @@ def build_command_line(
         argv += ["-incoming", "defer"]
     layout = layout or snapshot_layout(spec.devices, spec.platform)
     return BuiltCommandLine(argv, kernel_args, setup_args, layout.parts)
+
+
+def _pci_drivers(args: Sequence[str]) -> list[str]:
+    """The ``-device`` drivers in *args* that sit on a PCI bus."""
+    pairs = itertools.pairwise(args)
+    drivers = [value.split(",")[0] for option, value in pairs if option == "-device"]
+    return [driver for driver in drivers if driver.endswith("-pci")]
+
+
+def _check_pci_slots(platform: Platform, channel: Sequence[str], devices: Sequence[str]) -> None:
+    # Our own devices and the channel's (raw qemu_args are the user's business).
+    own, theirs = _pci_drivers(channel), _pci_drivers(devices)
+    if platform.pci_slots is not None and len(own) + len(theirs) > platform.pci_slots:
+        raise ConfigurationError(
+            f"{platform.name}'s machine ({' '.join(platform.machine_args)}) gives interrupts "
+            f"to {platform.pci_slots} PCI devices only, and this VM's devices need "
+            f"{len(theirs)} ({', '.join(theirs)}) beside the command channel's "
+            f"{len(own)}: give a {platform.name} VM at most {platform.pci_slots - len(own)} "
+            "virtio devices"
+        )
 
 
 def incoming_uri(incoming_fd: int) -> str:

@@ -3,12 +3,14 @@
 The architectures come from the registry (``platforms.names()``): a new one gets these
 tests with no list to edit. The other integration modules go deep on x86_64 and aarch64;
 these go wide, cheaply: the bare VMs here are clones of the same template per
-architecture as the demo's architecture matrix, and every VM with devices has the one
-layout of :func:`with_devices`, so each architecture builds two templates in all.
+architecture as the demo's architecture matrix, every cloned VM with devices has the one
+layout of :func:`with_devices`, so each architecture builds two templates in all, and
+boots one VM cold (user networking cannot be cloned).
 """
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from pytest_qemu import (
     NetworkInterface,
     P9Directory,
     ReadOnlyDirectory,
+    UserNetwork,
     VirtioRandom,
     VMFactory,
 )
@@ -83,20 +86,17 @@ def test_a_kernel_warning_is_detected(qemu_vm: VM) -> None:
 
 @pytest.fixture
 def with_devices(qemu_vm_factory: VMFactory, tmp_path: Path) -> StartVM:
-    """Starts VMs with a 9p directory, a FAT directory, a disk, a random number
-    generator and the given network interface: one layout, so one template."""
+    """Starts VMs with a 9p directory, a FAT directory and the given network interface:
+    one layout, so one template. Three devices: mips64el's Malta takes no more."""
     for name in ("shared", "fat"):
         (tmp_path / name).mkdir()
     (tmp_path / "fat" / "from-host.txt").write_text("read-only\n")
-    (tmp_path / "disk.img").write_bytes(b"D" * DISK_SIZE)
 
     def start(interface: NetworkInterface) -> VM:
         devices = [
             interface,
             P9Directory(tmp_path / "shared", "shared"),
             ReadOnlyDirectory(tmp_path / "fat", "fat"),
-            Disk(tmp_path / "disk.img", serial="data"),
-            VirtioRandom(),
         ]
         return qemu_vm_factory(devices=devices)
 
@@ -114,11 +114,27 @@ def test_devices_and_a_network_of_two(
     assert (tmp_path / "shared" / "out.txt").read_text() == "from-guest\n"
     assert first.check("cat /mnt/fat/from-host.txt") == "read-only\n"
     assert "Read-only file system" in first.run("touch /mnt/fat/nope").stderr
-    disk = first.check("head -c 4 /dev/disk/by-id/virtio-data; wc -c < /dev/disk/by-id/virtio-data")
-    assert disk == f"DDDD{DISK_SIZE}\n"
-    assert first.check("head -c 8 /dev/hwrng | wc -c") == "8\n"
     first.check(f"ping -c 1 -W 5 {interfaces[1].address}", timeout=30)
     second.check(f"ping -c 1 -W 5 {interfaces[0].address}", timeout=30)
+
+
+def test_a_cold_boot_with_user_networking_a_disk_and_entropy(
+    qemu_vm_factory: VMFactory, tmp_path: Path
+) -> None:
+    # User networking cannot be cloned: this VM boots, and says so.
+    (tmp_path / "disk.img").write_bytes(b"D" * DISK_SIZE)
+    network = UserNetwork(forwards=[80])
+    vm = qemu_vm_factory(
+        devices=[network, Disk(tmp_path / "disk.img", serial="data"), VirtioRandom()]
+    )
+    assert vm.restored_from is None and vm.boot_reason
+    disk = vm.check("head -c 4 /dev/disk/by-id/virtio-data; wc -c < /dev/disk/by-id/virtio-data")
+    assert disk == f"DDDD{DISK_SIZE}\n"
+    assert vm.check("head -c 8 /dev/hwrng | wc -c") == "8\n"
+    vm.check("mkdir -p /srv && echo hello-from-the-guest > /srv/index.html && httpd -h /srv -p 80")
+    host, port = network.host_address(80)
+    with urllib.request.urlopen(f"http://{host}:{port}/index.html", timeout=30) as response:
+        assert response.read() == b"hello-from-the-guest\n"
 
 
 @pytest.mark.parametrize("qemu_arch", [None], ids=["mixed"])

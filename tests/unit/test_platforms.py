@@ -12,7 +12,7 @@ from pytest_qemu.devices.base import DeviceContext
 from pytest_qemu.devices.misc import VirtioRandom
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms import PLATFORMS, get_platform, names
-from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
 
 
 @pytest.mark.parametrize(
@@ -91,3 +91,17 @@ def test_nothing_here_names_an_architecture_outside_platforms() -> None:
         text = source.read_text()
         for name in ("i386", "armhf", "mips64el", "i686", "armv7l"):
             assert f'"{name}"' not in text, f"{source} names {name}"
+
+
+def test_a_malta_vm_with_more_pci_devices_than_slots_is_an_error(tmp_path: Path) -> None:
+    mips = get_platform("mips64el")
+    paths = RuntimePaths.in_directory(tmp_path, tmp_path)
+    channel = ["-device", "virtio-serial-pci,id=serial0"]
+    three = [VirtioRandom() for _ in range(3)]
+    spec = MachineSpec(kernel=Path("/k"), platform=mips, devices=three)
+    assert build_command_line(spec, paths, channel_args=channel).argv.count("-device") == 4
+    four = MachineSpec(kernel=Path("/k"), platform=mips, devices=[*three, VirtioRandom()])
+    with pytest.raises(ConfigurationError, match=r"mips64el's machine \(-machine malta.*at most 3"):
+        build_command_line(four, paths, channel_args=channel)
+    # Machines without the limit take them all.
+    assert build_command_line(dataclasses.replace(four, platform=get_platform("i386")), paths)
