@@ -99,11 +99,16 @@ def median(repeat: int, sample: Callable[[], float]) -> float:
 
 def measure(
     platform: Platform, cache: BuildCache, factory: VMFactory, repeat: int
-) -> tuple[float, float, float, float]:
-    """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``."""
+) -> tuple[float, float, float | None, float | None]:
+    """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``
+    (None for a platform whose VMs cannot be cloned)."""
     guest = DefaultGuest(cache, platform=platform)
     raw = median(repeat, lambda: time_to_console_line(raw_argv(platform, guest)))
-    return (raw, *starts(factory, {"arch": platform.name}, repeat))
+    kind = {"arch": platform.name}
+    if platform.clone_blocker is not None:
+        cold = median(repeat, lambda: timed_start(factory, {**kind, "snapshot": False}))
+        return raw, cold, None, None
+    return (raw, *starts(factory, kind, repeat))
 
 
 def starts(factory: VMFactory, kind: dict[str, Any], repeat: int) -> tuple[float, float, float]:
@@ -136,11 +141,12 @@ def main() -> None:
         )
         for name in options.arch or names():
             raw, cold, clone, first = measure(get_platform(name), cache, factory, repeat)
-            print(
-                f"{name:14s} {raw:8.3f}s {cold:9.3f}s {cold / raw:6.2f} "
-                f"{clone:6.3f}s {first:12.3f}s",
-                flush=True,
+            cloned = (
+                "  (cannot be cloned)"
+                if clone is None or first is None
+                else f" {clone:6.3f}s {first:12.3f}s"
             )
+            print(f"{name:14s} {raw:8.3f}s {cold:9.3f}s {cold / raw:6.2f}{cloned}", flush=True)
 
         host = {"arch": get_platform().name, "userland": "host"}
         cold, clone, first = starts(factory, host, repeat)

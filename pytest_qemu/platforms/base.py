@@ -64,9 +64,6 @@ class Platform(abc.ABC):
     harmless_kernel_messages: tuple[str, ...] = ()
     #: Why its VMs cannot be cloned from a template under this QEMU (None: they can).
     clone_blocker: str | None = None
-    #: Devices its VMs cannot be cloned with: (the kind their snapshot layout starts with,
-    #: ``net`` for ``net:multicast``; why).
-    device_clone_blockers: tuple[tuple[str, str], ...] = ()
     #: ``uname -m`` in the guest, where it is not :attr:`name` (``i686`` for ``i386``).
     guest_machine: str = ""
     #: The guest's word size in bits (its pointers, ``long`` and ELF class).
@@ -75,12 +72,6 @@ class Platform(abc.ABC):
     byte_order: Literal["little", "big"] = "little"
     #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
     gdb_architecture: str = ""
-
-    def device_clone_blocker(self, layout: str) -> str | None:
-        """Why a VM with a device whose snapshot layout is *layout* cannot be cloned here
-        (None: it can)."""
-        kind = layout.split(":", 1)[0]
-        return next((why for blocked, why in self.device_clone_blockers if blocked == kind), None)
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.

@@ -97,8 +97,6 @@ def plan_launch(
         reason = "snapshots are off for this VM"
     elif blocker is not None:
         reason = blocker
-    elif layout.reason is not None:
-        reason = f"{layout.blocker!r}: {layout.reason}"
     elif layout.parts is None:
         reason = (
             f"{layout.blocker!r} cannot be carried into a clone (its guest-visible state is "

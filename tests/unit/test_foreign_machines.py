@@ -10,11 +10,14 @@ import pytest
 from pytest_qemu import Disk, P9Directory, ReadOnlyDirectory, VirtioRandom
 from pytest_qemu.devices.base import Device, DeviceContext
 from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.guests.agent import AgentGuest
 from pytest_qemu.platforms import get_platform
 from pytest_qemu.platforms.foreign import merge_usr
 from pytest_qemu.platforms.kernel import find_host_kernel
 from pytest_qemu.plugin.kernel_log import kernel_trouble
-from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line, snapshot_layout
+from pytest_qemu.vm.argv import MachineSpec, RuntimePaths, build_command_line
+from pytest_qemu.vm.plan import plan_launch
+from pytest_qemu.vm.snapshot import SnapshotStore
 
 
 def _argv(tmp_path: Path, arch: str, devices: list[Device]) -> list[str]:
@@ -96,21 +99,21 @@ def test_debian_13_packages_unpack_to_a_merged_usr_root(tmp_path: Path) -> None:
     assert not (old / "lib").is_symlink()
 
 
-class _Nic(Device):
-    def qemu_args(self, ctx: DeviceContext) -> list[str]:
-        return []
-
-    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
-        return "net:multicast"
-
-
-def test_platforms_say_why_their_vms_boot_instead_of_cloning() -> None:
-    riscv64, ppc64le, s390x = (get_platform(a) for a in ("riscv64", "ppc64le", "s390x"))
-    assert riscv64.clone_blocker and "riscv64" in riscv64.clone_blocker
-    layout = snapshot_layout([VirtioRandom(), _Nic()], ppc64le)
-    assert layout.parts is None and isinstance(layout.blocker, _Nic)
-    assert layout.reason and "virtio-net" in layout.reason
-    assert snapshot_layout([VirtioRandom(), _Nic()], s390x).parts == ["rng", "net:multicast"]
+@pytest.mark.parametrize(
+    ("arch", "cloned"), [("riscv64", False), ("ppc64le", False), ("s390x", True)]
+)
+def test_platforms_say_why_their_vms_boot_instead_of_cloning(
+    tmp_path: Path, arch: str, cloned: bool
+) -> None:
+    platform = get_platform(arch)
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\0" * 1024)
+    spec = MachineSpec(kernel=kernel, platform=platform, devices=[VirtioRandom()])
+    paths = RuntimePaths.in_directory(tmp_path, tmp_path)
+    plan = plan_launch(spec, paths, [], AgentGuest(platform), SnapshotStore(tmp_path / "snapshots"))
+    assert (plan.snapshot is not None) == cloned
+    if not cloned:
+        assert plan.boot_reason == platform.clone_blocker
 
 
 def test_a_platforms_harmless_boot_warning_is_not_trouble() -> None:
