@@ -2,13 +2,18 @@
 
 ``build_py`` compiles ``pytest_qemu/guests/files/agent.c`` with each platform's
 C compiler (``pytest_qemu.platforms``: ``gcc`` for x86_64,
-``aarch64-linux-gnu-gcc`` for aarch64) into ``pytest_qemu/guests/prebuilt/`` of
-the wheel, so that users need no C compiler. The binaries are guest files, not
-Python extensions: the wheel stays ``py3-none-any``.
+``aarch64-linux-gnu-gcc`` for aarch64, and so on for all eight) into
+``pytest_qemu/guests/prebuilt/`` of the wheel, so that users need no C compiler.
+The binaries are guest files, not Python extensions: the wheel stays
+``py3-none-any``.
 
 Building a wheel (also from the sdist) therefore needs, on Debian 12 or Ubuntu::
 
-    apt-get install gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+    apt-get install gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+        gcc-i686-linux-gnu libc6-dev-i386-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+        gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu \
+        libc6-dev-s390x-cross gcc-mips64el-linux-gnuabi64 libc6-dev-mips64el-cross \
+        gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
 
 (the error names the packages of any compiler that is missing). An editable
 install (``pip install -e .``) builds nothing: a source checkout compiles the

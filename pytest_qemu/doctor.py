@@ -116,7 +116,7 @@ def _kernel(session: QemuSession, platform: Platform) -> str:
 
 
 def _busybox(session: QemuSession, platform: Platform) -> str:
-    busybox = find_busybox(platform.system_root(session.cache_dir))
+    busybox = find_busybox(session.default_guest(platform).system_root)
     check_static(busybox)
     if platform.is_host:
         return f"{busybox}, statically linked"

@@ -63,9 +63,11 @@ class DefaultGuest(AgentGuest):
         cache: BuildCache,
         host_kernel: HostKernel | None = None,
         platform: Platform | None = None,
+        system_root: Path | None = None,
     ) -> None:
         super().__init__(platform or get_platform())
         self._cache = cache
+        self._system_root = system_root
         self._host_kernel = host_kernel
         self._lock = threading.Lock()
         self._modules: ModuleIndex | None = None
@@ -78,18 +80,26 @@ class DefaultGuest(AgentGuest):
         return self._cache
 
     @property
+    def system_root(self) -> Path:
+        """Where the kernel (``boot/``, ``lib/modules/``) and busybox are: the directory
+        given for this architecture (``--qemu-arch-files``), else the platform's."""
+        return self._system_root or self.platform.system_root(self._cache.root)
+
+    @property
     def host_kernel(self) -> HostKernel:
         """The kernel this guest boots, with its modules: the host's, or the one of the
         platform's Debian packages."""
         if self._host_kernel is None:
-            root = self.platform.system_root(self._cache.root)
-            self._host_kernel = find_host_kernel(root / "boot", root / "lib" / "modules")
+            root = self.system_root
+            self._host_kernel = find_host_kernel(
+                root / "boot", root / "lib" / "modules", self.platform.kernel_image_prefix
+            )
         return self._host_kernel
 
     @property
     def debug_symbols(self) -> Path | None:
         """Debian's ``vmlinux`` with debug information (``linux-image-*-dbg``), if installed."""
-        root = self.platform.system_root(self._cache.root)
+        root = self.system_root
         debug = root / "usr/lib/debug/boot" / f"vmlinux-{self.host_kernel.release}"
         return debug if debug.is_file() else None
 
@@ -144,7 +154,7 @@ class DefaultGuest(AgentGuest):
                 [*self.platform.virtio_modules, *BASE_MODULES, *wanted]
             )
         )
-        busybox = find_busybox(self.platform.system_root(self._cache.root))
+        busybox = find_busybox(self.system_root)
         agent = build_agent(self._cache, self.platform)
         key = cache_key(
             [

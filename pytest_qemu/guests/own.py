@@ -59,10 +59,12 @@ class OwnBootFilesGuest(AgentGuest):
             if not self._looked_up:
                 self._looked_up = True
                 self._release = kernel_release(self.kernel)
-                root = self.platform.system_root(self._base.cache.root) / "lib" / "modules"
+                root = self._base.system_root / "lib" / "modules"
                 if self._release and (root / self._release / "modules.dep").is_file():
                     found = HostKernel(self.kernel, self._release, root / self._release)
-                    self._with_modules = DefaultGuest(self._base.cache, found, self.platform)
+                    self._with_modules = DefaultGuest(
+                        self._base.cache, found, self.platform, self._base.system_root
+                    )
             return self._with_modules
 
     @property

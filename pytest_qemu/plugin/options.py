@@ -30,6 +30,13 @@ _OPTIONS = (
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     (
+        "arch-files",
+        "ARCH=DIR[,ARCH=DIR...]: an architecture's kernel (DIR/boot/vmlinuz-*), modules "
+        "(DIR/lib/modules/) and busybox-static (DIR/bin/busybox) from DIR instead of Debian's "
+        "packages, for a host without apt",
+        "",
+    ),
+    (
         "image",
         "a disk image to boot instead of the default guest (each VM writes to a throwaway overlay)",
         "",
@@ -201,6 +208,23 @@ def _existing_file(config: Values, name: str) -> Path | None:
     return path
 
 
+def _arch_files(config: Values) -> tuple[tuple[str, Path], ...]:
+    """``ARCH=DIR`` pairs, each architecture by its registered name, each DIR existing."""
+    pairs: dict[str, Path] = {}
+    for item in filter(None, (part.strip() for part in config("arch-files").split(","))):
+        arch, separator, directory = item.partition("=")
+        if not separator or not arch or not directory:
+            raise ConfigurationError(
+                f"--qemu-arch-files {item!r} is not ARCH=DIR (such as i386=/srv/i386-root)"
+            )
+        name = get_platform(arch).name
+        path = Path(directory).expanduser().absolute()
+        if not path.is_dir():
+            raise ConfigurationError(f"--qemu-arch-files {item!r}: {path} is not a directory")
+        pairs[name] = path
+    return tuple(sorted(pairs.items()))
+
+
 def _choice(config: Values, name: str, choices: tuple[str, ...]) -> str:
     value = config(name)
     if value not in choices:
@@ -243,6 +267,8 @@ class QemuSettings:
     gdb: bool = False
     keep_failed: bool = False
     prepare_ahead: str = "auto"
+    #: Per architecture, a directory with its kernel, modules and busybox (--qemu-arch-files).
+    arch_files: tuple[tuple[str, Path], ...] = ()
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -288,6 +314,7 @@ class QemuSettings:
             gdb=_choice(config, "gdb", ("on", "off")) == "on",
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),
+            arch_files=_arch_files(config),
         )
 
     def resolved_binary(self, platform: Platform) -> str:

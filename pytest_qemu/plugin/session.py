@@ -59,7 +59,11 @@ class QemuSession:
             if platform.name not in self._guests:
                 from pytest_qemu.guests.default import DefaultGuest
 
-                self._guests[platform.name] = DefaultGuest(self._cache, platform=platform)
+                self._guests[platform.name] = DefaultGuest(
+                    self._cache,
+                    platform=platform,
+                    system_root=dict(self.settings.arch_files).get(platform.name),
+                )
             return self._guests[platform.name]
 
     def accelerator(self, platform: Platform | None = None) -> AcceleratorChoice:

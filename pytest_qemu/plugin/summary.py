@@ -16,8 +16,9 @@ class RunStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: One (cloned, seconds to ready, built a template, prepared ahead) per VM start.
-        self.starts: list[tuple[bool, float, bool, bool]] = []
+        #: One (cloned, seconds to ready, built a template, prepared ahead, architecture)
+        #: per VM start.
+        self.starts: list[tuple[bool, float, bool, bool, str]] = []
 
     def record(self, vm: VM, prepared_ahead: bool = False) -> None:
         """Count *vm*, just started (or taken from the VMs *prepared_ahead*)."""
@@ -28,6 +29,7 @@ class RunStats:
                     vm.boot_seconds or 0.0,
                     vm.built_template,
                     prepared_ahead,
+                    vm.spec.platform.name,
                 )
             )
 
@@ -39,19 +41,31 @@ class RunStats:
     def merge(self, data: list[list[Any]]) -> None:
         """Add a worker's figures."""
         with self._lock:
-            self.starts += [(bool(a), float(b), bool(c), bool(d)) for a, b, c, d in data]
+            self.starts += [(bool(a), float(b), bool(c), bool(d), str(e)) for a, b, c, d, e in data]
 
     def lines(self) -> list[str]:
-        """The summary, or nothing if no VM started."""
+        """The summary, or nothing if no VM started; a line per architecture when the
+        run's VMs had more than one."""
         if not self.starts:
             return []
         times = sorted(start[1] for start in self.starts)
         cloned = sum(1 for start in self.starts if start[0])
         built = sum(1 for start in self.starts if start[2])
         prepared = sum(1 for start in self.starts if start[3])
-        return [
+        lines = [
             f"{len(self.starts)} VMs started: {cloned} cloned from a template, "
             f"{len(self.starts) - cloned} booted; {built} template(s) built"
             + (f"; {prepared} prepared ahead while earlier tests ran" if prepared else ""),
             f"ready after {statistics.median(times):.3f} s (median), {times[-1]:.3f} s (slowest)",
         ]
+        architectures = sorted({start[4] for start in self.starts})
+        if len(architectures) > 1:
+            for arch in architectures:
+                own = [start for start in self.starts if start[4] == arch]
+                ready = sorted(start[1] for start in own)
+                lines.append(
+                    f"  {arch}: {len(own)} VMs, {sum(1 for start in own if start[0])} cloned, "
+                    f"ready after {statistics.median(ready):.3f} s (median), "
+                    f"{ready[-1]:.3f} s (slowest)"
+                )
+        return lines

@@ -3,6 +3,7 @@ the boot files' sizes, to check that the guest's memory can hold them."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,9 +203,10 @@ class SnapshotLayout:
     blocker: Device | None
 
 
-def snapshot_layout(devices: Sequence[Device]) -> SnapshotLayout:
-    """What the guest sees of *devices*, and the first one that cannot be snapshotted."""
-    ctx = DeviceContext()
+def snapshot_layout(devices: Sequence[Device], platform: Platform | None = None) -> SnapshotLayout:
+    """What the guest sees of *devices* on *platform* (None: the host's), and the first
+    one that cannot be snapshotted."""
+    ctx = DeviceContext(platform)
     parts: list[str] = []
     for device in devices:
         part = device.snapshot_layout(ctx)
@@ -303,6 +305,7 @@ def build_command_line(
     if paths.gdb_socket is not None:
         argv += ["-gdb", option_string(f"unix:{escape(str(paths.gdb_socket))}", server=True,
                                        wait=False)]  # fmt: skip
+    _check_pci_slots(spec.platform, channel_args, device_args)
     argv += channel_args
     argv += device_args
     argv += list(spec.qemu_args)
@@ -310,8 +313,28 @@ def build_command_line(
         # QEMU 7.2 has no command-line switch for x-ignore-shared: the caller sets it
         # over QMP, then starts the restore from the inherited descriptor.
         argv += ["-incoming", "defer"]
-    layout = layout or snapshot_layout(spec.devices)
+    layout = layout or snapshot_layout(spec.devices, spec.platform)
     return BuiltCommandLine(argv, kernel_args, setup_args, layout.parts)
+
+
+def _pci_drivers(args: Sequence[str]) -> list[str]:
+    """The ``-device`` drivers in *args* that sit on a PCI bus."""
+    pairs = itertools.pairwise(args)
+    drivers = [value.split(",")[0] for option, value in pairs if option == "-device"]
+    return [driver for driver in drivers if driver.endswith("-pci")]
+
+
+def _check_pci_slots(platform: Platform, channel: Sequence[str], devices: Sequence[str]) -> None:
+    # Our own devices and the channel's (raw qemu_args are the user's business).
+    own, theirs = _pci_drivers(channel), _pci_drivers(devices)
+    if platform.pci_slots is not None and len(own) + len(theirs) > platform.pci_slots:
+        raise ConfigurationError(
+            f"{platform.name}'s machine ({' '.join(platform.machine_args)}) gives interrupts "
+            f"to {platform.pci_slots} PCI devices only, and this VM's devices need "
+            f"{len(theirs)} ({', '.join(theirs)}) beside the command channel's "
+            f"{len(own)}: give a {platform.name} VM at most {platform.pci_slots - len(own)} "
+            "virtio devices"
+        )
 
 
 def incoming_uri(incoming_fd: int) -> str:

@@ -1,10 +1,11 @@
-"""Every VM-booting test here runs on each architecture, by parametrization."""
+"""Every VM-booting test here runs on x86_64 and aarch64, by parametrization, and
+``test_architectures.py`` runs its tests on every registered architecture."""
 
 from __future__ import annotations
 
 import pytest
 
-#: The architectures the integration tests boot.
+#: The architectures the deep integration modules boot (the wide module overrides it).
 ARCHITECTURES = ["x86_64", "aarch64"]
 
 

@@ -242,10 +242,15 @@ def test_the_shell_command_gives_an_interactive_shell(
     ("arguments", "command", "answer"),
     [
         (["--arch", "aarch64"], "uname -m", r"\baarch64\s"),
+        # An alias, and a 32-bit guest: its word size is its own.
+        (["--arch", "armv7l"], "uname -m; od -An -tu1 -j4 -N1 /proc/self/exe", r"\barmv7l\s+1\s"),
+        # Consoles other than a serial port: sclp (s390x) and hvc0 (pseries, by its alias).
+        (["--arch", "s390x"], "uname -m; tty", r"\bs390x\s+/dev/ttysclp0\s"),
+        (["--arch", "ppc64el"], "uname -m; tty", r"\bppc64le\s+/dev/hvc0\s"),
         # The shell runs in the host's root, as the host userland's commands do.
         (["--userland", "host"], "python3 -c 'print(6 * 7)'", r"\b42\s"),
     ],
-    ids=["arch", "userland"],
+    ids=["arch", "armhf", "s390x", "ppc64el", "userland"],
 )
 def test_the_shell_command_boots_other_guests(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, isolated_state: Path,

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu.cache import BuildCache
+from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
+from pytest_qemu.platforms import get_platform
 from pytest_qemu.platforms.kernel import find_host_kernel
 from pytest_qemu.vm import accel
 
@@ -96,3 +97,32 @@ def test_a_forced_kvm_that_does_not_work_fails_each_setup_at_once_naming_it(
         ]
     )
     assert result.duration < 120, "named at once, not after the boot timeout"
+
+
+@pytest.mark.vm
+def test_an_architectures_own_files_come_from_the_directory_given(
+    pytester: pytest.Pytester, isolated_state: Path, tmp_path: Path
+) -> None:
+    # A host without apt: the user unpacked armhf's kernel, modules and busybox into a
+    # directory of their own (here, from the packages the plugin downloads).
+    armhf = get_platform("armhf")
+    unpacked = armhf.system_root(default_cache_dir())
+    own = tmp_path / "armhf-root"
+    own.mkdir()
+    for part in unpacked.iterdir():
+        (own / part.name).symlink_to(part)
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.parametrize("qemu_arch", ["armv7l"])
+        def test_armhf(qemu_vm, qemu_arch):
+            assert str(qemu_vm.spec.kernel).startswith({str(own)!r})
+            assert qemu_vm.check("uname -m") == "armv7l\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--qemu-accel=tcg", "--qemu-snapshots=off", f"--qemu-arch-files=armv7l={own}",
+        "--qemu-boot-timeout=240",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
