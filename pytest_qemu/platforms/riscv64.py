@@ -40,6 +40,6 @@ PLATFORM = RISCV64(
     command_line_limit=1023,
     clone_blocker=(
         "QEMU 7.2 does not migrate a riscv64 guest's timers, so a restored riscv64 VM "
-        "never resumes (fixed in QEMU 10)"
+        "never resumes (fixed upstream in 2025)"
     ),
 )
