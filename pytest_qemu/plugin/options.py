@@ -27,6 +27,12 @@ _OPTIONS = (
     ("binary", "QEMU binary to run (default: the architecture's qemu-system-*)", ""),
     ("arch", f"guest architecture: {PLATFORMS.help()} (default: the host's)", ""),
     ("userland", f"the guest's userland: {GUEST_KINDS.help()}", "busybox"),
+    (
+        "packages",
+        "Debian packages for --qemu-userland debian, comma-separated (with their dependencies)",
+        "",
+    ),
+    ("suite", "the Debian suite of --qemu-userland debian", "bookworm"),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     (
@@ -243,6 +249,9 @@ class QemuSettings:
     gdb: bool = False
     keep_failed: bool = False
     prepare_ahead: str = "auto"
+    #: The Debian userland's packages and suite (``--qemu-packages``, ``--qemu-suite``).
+    packages: tuple[str, ...] = ()
+    suite: str = "bookworm"
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -288,6 +297,8 @@ class QemuSettings:
             gdb=_choice(config, "gdb", ("on", "off")) == "on",
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),
+            packages=tuple(name.strip() for name in config("packages").split(",") if name.strip()),
+            suite=config("suite") or "bookworm",
         )
 
     def resolved_binary(self, platform: Platform) -> str:
