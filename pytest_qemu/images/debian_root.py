@@ -309,6 +309,11 @@ def _run(argv: list[str], recipe: DebianRootRecipe, what: str) -> None:
 
 
 def _load(directory: Path) -> BuiltUserland:
+    try:
+        # The last use, for `python -m pytest_qemu cache prune`.
+        os.utime(directory)
+    except OSError:
+        pass  # a read-only cache: pruning then goes by the build time
     manifest = json.loads((directory / MANIFEST).read_text())
     return BuiltUserland(
         directory=directory,
