@@ -30,7 +30,8 @@ class VMFactory:
     The keywords (all optional) are those of :class:`MachineSpec` where they
     overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
     ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
-    (``"busybox"`` or ``"host"``), ``kernel`` and ``initramfs`` (your own),
+    (``"busybox"``, ``"host"`` or ``"debian"``, the last with ``packages`` and
+    ``suite``), ``kernel`` and ``initramfs`` (your own),
     ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
     or ``"console"``, and ``credentials`` = ``(user, password)`` for a console
     login),
