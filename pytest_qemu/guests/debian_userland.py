@@ -26,7 +26,6 @@ from pytest_qemu.guests.base import BootFiles
 from pytest_qemu.guests.default import DefaultGuest
 from pytest_qemu.guests.overlays import create_overlay
 from pytest_qemu.images.debian_root import (
-    DEFAULT_SUITE,
     FIRST_BOOT_SCRIPT,
     BuiltUserland,
     DebianRootRecipe,
@@ -42,9 +41,9 @@ _CONFIGURE_MEMORY = 1024
 class DebianUserlandGuest(AgentGuest):
     """The default guest's kernel and init, commands run in a Debian userland on a disk.
 
-    *packages* (and their dependencies) of Debian *suite* are installed beside the
-    essential set; *writable* directories (they must exist) are shared read-write at
-    the same paths.
+    *packages* (and their dependencies) of Debian *suite* (default: the platform's,
+    such as bookworm) are installed beside the essential set; *writable* directories
+    (they must exist) are shared read-write at the same paths.
     """
 
     command_root = DISK_ROOT_GUEST_PATH
@@ -61,7 +60,9 @@ class DebianUserlandGuest(AgentGuest):
         super().__init__(base.platform)
         self._base = base
         self._writable = tuple(Path(directory).absolute() for directory in writable)
-        self.recipe = DebianRootRecipe.of(base.platform, suite or DEFAULT_SUITE, packages)
+        self.recipe = DebianRootRecipe.of(
+            base.platform, suite or base.platform.debian_suite, packages
+        )
         self._lock = threading.Lock()
         self._built: BuiltUserland | None = None
 

@@ -43,8 +43,6 @@ from pytest_qemu.platforms.apt import PrivateApt
 
 logger = logging.getLogger("pytest_qemu")
 
-#: The suite when none is given.
-DEFAULT_SUITE = "bookworm"
 #: Bump when the recipe changes in a way the key does not capture.
 FORMAT_VERSION = "1"
 #: Where the userlands live under the cache directory.

@@ -235,7 +235,7 @@ class VMFactory:
         kernel: Path | None,
         initramfs: Path | None,
         packages: tuple[str, ...] = (),
-        suite: str = "bookworm",
+        suite: str | None = None,
     ) -> Guest:
         entry = GUEST_KINDS.entry(userland)
         options: dict[str, object] = {}

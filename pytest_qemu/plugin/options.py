@@ -32,7 +32,11 @@ _OPTIONS = (
         "Debian packages for --qemu-userland debian, comma-separated (with their dependencies)",
         "",
     ),
-    ("suite", "the Debian suite of --qemu-userland debian", "bookworm"),
+    (
+        "suite",
+        "the Debian suite of --qemu-userland debian (default: the architecture's, as bookworm)",
+        "",
+    ),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     (
@@ -251,7 +255,7 @@ class QemuSettings:
     prepare_ahead: str = "auto"
     #: The Debian userland's packages and suite (``--qemu-packages``, ``--qemu-suite``).
     packages: tuple[str, ...] = ()
-    suite: str = "bookworm"
+    suite: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -298,7 +302,7 @@ class QemuSettings:
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),
             packages=tuple(name.strip() for name in config("packages").split(",") if name.strip()),
-            suite=config("suite") or "bookworm",
+            suite=config("suite") or None,
         )
 
     def resolved_binary(self, platform: Platform) -> str:
