@@ -48,7 +48,7 @@ if TYPE_CHECKING:
         VMError,
         VMExited,
     )
-    from pytest_qemu.platforms import Platform
+    from pytest_qemu.platforms import Platform, architectures
     from pytest_qemu.plugin.factory import VMFactory
     from pytest_qemu.plugin.options import QemuSettings
     from pytest_qemu.vm import VM, CommandResult, Console, MachineSpec
@@ -85,6 +85,7 @@ _EXPORTS = {
     "VMError": "pytest_qemu.errors",
     "VMExited": "pytest_qemu.errors",
     "Platform": "pytest_qemu.platforms",
+    "architectures": "pytest_qemu.platforms",
     "VMFactory": "pytest_qemu.plugin.factory",
     "QemuSettings": "pytest_qemu.plugin.options",
     "VM": "pytest_qemu.vm",
@@ -142,5 +143,6 @@ __all__ = [
     "VMExited",
     "VMFactory",
     "VirtioRandom",
+    "architectures",
     "option_string",
 ]

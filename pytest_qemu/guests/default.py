@@ -83,7 +83,9 @@ class DefaultGuest(AgentGuest):
         platform's Debian packages."""
         if self._host_kernel is None:
             root = self.platform.system_root(self._cache.root)
-            self._host_kernel = find_host_kernel(root / "boot", root / "lib" / "modules")
+            self._host_kernel = find_host_kernel(
+                root / "boot", root / "lib" / "modules", self.platform.kernel_image_prefix
+            )
         return self._host_kernel
 
     @property

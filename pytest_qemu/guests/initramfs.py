@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from collections.abc import Sequence
 from importlib import resources
@@ -104,18 +105,25 @@ def write_initramfs(
 
 
 def _is_static(executable: Path) -> bool:
-    """Whether an ELF file has no PT_INTERP segment, i.e. needs no dynamic loader."""
+    """Whether an ELF file (32- or 64-bit, either byte order) has no PT_INTERP segment,
+    i.e. needs no dynamic loader."""
     with executable.open("rb") as file:
         header = file.read(64)
-        if header[:4] != b"\x7fELF" or header[4] != 2:
+        if header[:4] != b"\x7fELF" or header[4] not in (1, 2) or header[5] not in (1, 2):
             return False
-        program_headers = int.from_bytes(header[32:40], "little")
-        entry_size = int.from_bytes(header[54:56], "little")
-        count = int.from_bytes(header[56:58], "little")
+        order = "<" if header[5] == 1 else ">"
+        # e_phoff, e_phentsize and e_phnum sit at different offsets in ELF32 and ELF64.
+        if header[4] == 1:
+            (program_headers,) = struct.unpack_from(f"{order}I", header, 28)
+            entry_size, count = struct.unpack_from(f"{order}HH", header, 42)
+        else:
+            (program_headers,) = struct.unpack_from(f"{order}Q", header, 32)
+            entry_size, count = struct.unpack_from(f"{order}HH", header, 54)
         file.seek(program_headers)
         table = file.read(entry_size * count)
     pt_interp = 3
     return all(
-        int.from_bytes(table[i * entry_size : i * entry_size + 4], "little") != pt_interp
+        struct.unpack_from(f"{order}I", table, i * entry_size)[0] != pt_interp
         for i in range(count)
+        if len(table) >= (i * entry_size) + 4
     )

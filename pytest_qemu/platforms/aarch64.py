@@ -43,4 +43,5 @@ PLATFORM = AArch64(
     aliases=("arm64",),
     # arm64's COMMAND_LINE_SIZE is 2048 with the terminating NUL.
     command_line_limit=2047,
+    gdb_architecture="aarch64",
 )

@@ -14,7 +14,9 @@ import abc
 import platform as host
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.platforms.foreign import unpacked_root
 
 
@@ -49,11 +51,46 @@ class Platform(abc.ABC):
     virtio_transport: str = "pci"
     #: The guest kernel modules of that transport.
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
+    #: Kinds of virtio device (``rng``, ``9p``...) this machine cannot have at all.
+    unavailable_devices: tuple[str, ...] = ()
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: The file name prefix of its kernel images in ``/boot`` (``vmlinuz-<release>``).
+    kernel_image_prefix: str = "vmlinuz"
+    #: Kernel log messages that look like trouble (``WARNING:``) but are this machine's
+    #: normal boot: kernel-warning detection passes over them.
+    harmless_kernel_messages: tuple[str, ...] = ()
+    #: Why its VMs cannot be cloned from a template under this QEMU (None: they can).
+    clone_blocker: str | None = None
+    #: Devices its VMs cannot be cloned with: (the kind their snapshot layout starts with,
+    #: ``net`` for ``net:multicast``; why).
+    device_clone_blockers: tuple[tuple[str, str], ...] = ()
+    #: ``uname -m`` in the guest, where it is not :attr:`name` (``i686`` for ``i386``).
+    guest_machine: str = ""
+    #: The guest's word size in bits (its pointers, ``long`` and ELF class).
+    word_size: int = 64
+    #: The guest's byte order: ``little`` or ``big`` (s390x).
+    byte_order: Literal["little", "big"] = "little"
+    #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
+    gdb_architecture: str = ""
+
+    def device_clone_blocker(self, layout: str) -> str | None:
+        """Why a VM with a device whose snapshot layout is *layout* cannot be cloned here
+        (None: it can)."""
+        kind = layout.split(":", 1)[0]
+        return next((why for blocked, why in self.device_clone_blockers if blocked == kind), None)
 
     def virtio_device(self, kind: str) -> str:
-        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""
+        """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.
+
+        Raises:
+            ConfigurationError: this machine cannot have such a device.
+        """
+        if kind in self.unavailable_devices:
+            raise ConfigurationError(
+                f"a virtio {kind} device is not available on {self.name} guests "
+                f"({' '.join(self.machine_args)}): leave it out of this architecture's VMs"
+            )
         return f"virtio-{kind}-{self.virtio_transport}"
 
     def console_args(self, chardev: str) -> list[str]:
@@ -100,6 +137,20 @@ class Platform(abc.ABC):
         if self.is_host:
             return Path("/")
         return unpacked_root(cache_dir, self.debian_arch, self.kernel_package, self.debian_suite)
+
+    @property
+    def uname_machine(self) -> str:
+        """What ``uname -m`` prints in this platform's guests."""
+        return self.guest_machine or self.name
+
+    def gdb_command(self, socket: Path, symbols: Path | None) -> list[str]:
+        """The command that attaches gdb to the stub on *socket*, with *symbols* if known:
+        the host's ``gdb`` for the host's architecture, else ``gdb-multiarch`` told this one."""
+        if self.is_host or not self.gdb_architecture:
+            gdb = ["gdb"]
+        else:
+            gdb = ["gdb-multiarch", "-ex", f"set architecture {self.gdb_architecture}"]
+        return [*gdb, "-ex", f"target remote {socket}", *([str(symbols)] if symbols else [])]
 
     def __str__(self) -> str:
         return self.name

@@ -105,6 +105,7 @@ def unpacked_root(cache_dir: Path, debian_arch: str, kernel_package: str, suite:
         try:
             for deb in debs:
                 _run(["dpkg-deb", "-x", str(deb), str(partial)], f"unpacking {deb}")
+            _merge_usr(partial)
             # A package's post-install script would write modules.dep: do it here.
             for modules in sorted((partial / "lib" / "modules").glob("*")):
                 _run(["depmod", "-b", str(partial), modules.name], f"indexing {modules}")
@@ -113,6 +114,16 @@ def unpacked_root(cache_dir: Path, debian_arch: str, kernel_package: str, suite:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
     return root
+
+
+def _merge_usr(root: Path) -> None:
+    """Make *root* a merged-``/usr`` system, as Debian 12 and later are: ``lib`` and
+    ``bin`` are links into ``usr``. Debian 13's packages ship only ``usr/lib/modules``
+    and ``usr/bin/busybox``; the kernel's modules are then found (and indexed by the
+    host's ``depmod``) at ``lib/modules`` as in older releases."""
+    for name in ("lib", "bin", "sbin"):
+        if (root / "usr" / name).is_dir() and not (root / name).exists():
+            (root / name).symlink_to(Path("usr") / name)
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -113,13 +113,17 @@ def _is_readable(path: Path) -> bool:
 
 
 def find_host_kernel(
-    boot_dir: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")
+    boot_dir: Path = Path("/boot"),
+    modules_root: Path = Path("/lib/modules"),
+    image_prefix: str = "vmlinuz",
 ) -> HostKernel:
     """Return the newest readable host kernel that has a modules directory.
 
     Candidates are ``boot_dir/vmlinuz-<release>`` and, as used by Fedora and
     Arch, ``modules_root/<release>/vmlinuz``; releases are compared
-    version-aware (``6.1.0-10`` is newer than ``6.1.0-9``).
+    version-aware (``6.1.0-10`` is newer than ``6.1.0-9``). Architectures whose
+    kernels are installed under another name (ppc64el's ``vmlinux-<release>``)
+    give it as *image_prefix*.
 
     Raises:
         KernelNotFoundError: nothing usable, with a message saying what was
@@ -127,15 +131,17 @@ def find_host_kernel(
     """
     candidates: list[tuple[str, Path]] = []
     try:
-        boot_entries = sorted(boot_dir.glob("vmlinuz-*"))
+        boot_entries = sorted(boot_dir.glob(f"{image_prefix}-*"))
     except OSError:
         boot_entries = []
-    candidates.extend((p.name[len("vmlinuz-") :], p) for p in boot_entries)
+    candidates.extend((p.name[len(image_prefix) + 1 :], p) for p in boot_entries)
     try:
         module_dirs = sorted(p for p in modules_root.iterdir() if p.is_dir())
     except OSError:
         module_dirs = []
-    candidates.extend((d.name, d / "vmlinuz") for d in module_dirs if (d / "vmlinuz").is_file())
+    candidates.extend(
+        (d.name, d / image_prefix) for d in module_dirs if (d / image_prefix).is_file()
+    )
 
     without_modules: list[Path] = []
     unreadable: list[Path] = []
@@ -173,7 +179,8 @@ def find_host_kernel(
             f"{modules_root}. {_INSTALL_HINT}"
         )
     raise KernelNotFoundError(
-        f"no kernel image (vmlinuz-*) found in {boot_dir} or {modules_root}/*/vmlinuz. "
+        f"no kernel image ({image_prefix}-*) found in {boot_dir} or "
+        f"{modules_root}/*/{image_prefix}. "
         f"{_INSTALL_HINT}"
     )
 

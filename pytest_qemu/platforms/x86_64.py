@@ -85,4 +85,5 @@ PLATFORM = X86_64(
     # x86 kernels take at most 2048 bytes with the terminating NUL. QEMU passes a
     # longer -append on, and the guest then prints nothing and never boots.
     command_line_limit=2047,
+    gdb_architecture="i386:x86-64",
 )

@@ -63,6 +63,8 @@ def qemu_arch() -> str | None:
 
         @pytest.mark.parametrize("qemu_arch", ["x86_64", "aarch64"])
         def test_boots(qemu_vm): ...
+
+    or over every architecture with ``pytest_qemu.architectures()``.
     """
     return None
 

@@ -20,10 +20,14 @@ _TROUBLE = re.compile(
 _TRACE_LINES = 40
 
 
-def kernel_trouble(log: str) -> str | None:
-    """The first warning, BUG or oops in the kernel *log*, with the lines after it."""
-    match = _TROUBLE.search(log)
-    if match is None:
+def kernel_trouble(log: str, harmless: tuple[str, ...] = ()) -> str | None:
+    """The first warning, BUG or oops in the kernel *log*, with the lines after it;
+    lines holding one of *harmless* (a platform's normal boot messages) are not trouble."""
+    for match in _TROUBLE.finditer(log):
+        line = log[match.start() :].split("\n", 1)[0]
+        if not any(text in line for text in harmless):
+            break
+    else:
         return None
     lines = log[match.start() :].splitlines()
     end = next(
@@ -42,7 +46,7 @@ def check_kernel_log(vm: VM) -> None:
         log = vm.kernel_log(timeout=30)
     except QemuError:
         return
-    trouble = kernel_trouble(log)
+    trouble = kernel_trouble(log, vm.spec.platform.harmless_kernel_messages)
     if trouble is not None:
         raise GuestKernelTrouble(
             f"the guest kernel of {vm!r} logged trouble during the test:\n{trouble}\n"

@@ -200,16 +200,21 @@ class SnapshotLayout:
     parts: list[str] | None
     #: The first device that cannot be carried into a clone, if any.
     blocker: Device | None
+    #: Why it cannot, where its platform says (None: its state is not known in advance).
+    reason: str | None = None
 
 
-def snapshot_layout(devices: Sequence[Device]) -> SnapshotLayout:
-    """What the guest sees of *devices*, and the first one that cannot be snapshotted."""
-    ctx = DeviceContext()
+def snapshot_layout(devices: Sequence[Device], platform: Platform | None = None) -> SnapshotLayout:
+    """What the guest sees of *devices* on *platform* (None: the host's), and the first
+    one that cannot be snapshotted (by its nature, or on this platform)."""
+    ctx = DeviceContext(platform)
     parts: list[str] = []
     for device in devices:
         part = device.snapshot_layout(ctx)
         if part is None:
             return SnapshotLayout(None, device)
+        if (reason := ctx.platform.device_clone_blocker(part)) is not None:
+            return SnapshotLayout(None, device, reason)
         parts.append(part)
     return SnapshotLayout(parts, None)
 
@@ -310,7 +315,7 @@ def build_command_line(
         # QEMU 7.2 has no command-line switch for x-ignore-shared: the caller sets it
         # over QMP, then starts the restore from the inherited descriptor.
         argv += ["-incoming", "defer"]
-    layout = layout or snapshot_layout(spec.devices)
+    layout = layout or snapshot_layout(spec.devices, spec.platform)
     return BuiltCommandLine(argv, kernel_args, setup_args, layout.parts)
 
 

@@ -223,8 +223,7 @@ class VM(CommandMethods):
         if self.gdb_socket is None:
             return None
         symbols = self.guest.debug_symbols or self.spec.kernel
-        target = f"target remote {self.gdb_socket}"
-        return shlex.join(["gdb", "-ex", target, *([str(symbols)] if symbols else [])])
+        return shlex.join(self.spec.platform.gdb_command(self.gdb_socket, symbols))
 
     def stderr_tail(self) -> str:
         """The end of what QEMU wrote to its stderr (its error messages)."""

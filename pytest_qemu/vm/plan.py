@@ -80,8 +80,9 @@ def plan_launch(
     snapshots: SnapshotStore | None,
 ) -> LaunchPlan:
     """The launch plan of a VM of *spec* for *guest*; cloned from *snapshots* if it can be."""
-    layout = snapshot_layout(spec.devices)
-    clonable = snapshots is not None and layout.parts is not None
+    layout = snapshot_layout(spec.devices, spec.platform)
+    blocker = spec.platform.clone_blocker
+    clonable = snapshots is not None and layout.parts is not None and blocker is None
     setup_at_boot = not clonable and guest.reads_setup_from_kernel_command_line
     boot = build_command_line(
         spec,
@@ -94,6 +95,10 @@ def plan_launch(
     reason = None
     if snapshots is None:
         reason = "snapshots are off for this VM"
+    elif blocker is not None:
+        reason = blocker
+    elif layout.reason is not None:
+        reason = f"{layout.blocker!r}: {layout.reason}"
     elif layout.parts is None:
         reason = (
             f"{layout.blocker!r} cannot be carried into a clone (its guest-visible state is "

@@ -431,9 +431,12 @@ static void start_command(uint32_t id, const unsigned char *payload, uint32_t le
     for (char **variable = environ; *variable; variable++) count++;
     for (const char *v = environment; v < end; v += strlen(v) + 1) count++;
     char **envp = malloc(sizeof(char *) * (count + 1));
-    char *command_variable = malloc(sizeof COMMAND_VARIABLE + strlen(command) + 1);
+    size_t command_length = strlen(command);
+    char *command_variable = malloc(sizeof COMMAND_VARIABLE + command_length + 1);
     if (!envp || !command_variable) die("malloc");
-    sprintf(command_variable, COMMAND_VARIABLE "=%s", command);
+    /* Copied, not sprintf-ed: gcc warns of a format overflow on 32-bit targets. */
+    memcpy(command_variable, COMMAND_VARIABLE "=", sizeof COMMAND_VARIABLE);
+    memcpy(command_variable + sizeof COMMAND_VARIABLE, command, command_length + 1);
     size_t n_env = 0;
     for (char **variable = environ; *variable; variable++) {
         int overridden = 0;
