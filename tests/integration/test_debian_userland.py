@@ -10,24 +10,28 @@ from pathlib import Path
 import pytest
 
 from pytest_qemu import VM, SetupError, VMFactory
+from pytest_qemu.platforms import get_platform
 
 #: The one package set these tests use: one build per architecture for the suite.
 PACKAGES = ["python3-pytest"]
 
 pytestmark = [pytest.mark.vm, pytest.mark.qemu(userland="debian", packages=PACKAGES)]
 
-#: What each architecture's Python says of its byte order.
-BYTE_ORDER = {"x86_64": "little", "aarch64": "little", "s390x": "big"}
-
 
 def test_python3_reports_the_guest_architecture_and_byte_order(qemu_vm: VM, arch: str) -> None:
     machine, order = qemu_vm.check(
         "python3 -c 'import platform, sys; print(platform.machine(), sys.byteorder)'"
     ).split()
-    assert order == BYTE_ORDER[arch]
+    assert order == get_platform(arch).byte_order == "little"
     assert machine == arch
     assert qemu_vm.check("id -u") == "0\n"
     assert "Debian" in qemu_vm.check("cat /etc/os-release")
+
+
+@pytest.mark.parametrize("arch", ["s390x"], indirect=True)
+def test_python3_on_s390x_says_big(qemu_vm: VM, arch: str) -> None:
+    assert qemu_vm.check("python3 -c 'import sys; print(sys.byteorder)'") == "big\n"
+    assert qemu_vm.check("dpkg --print-architecture") == "s390x\n"
 
 
 def test_the_root_is_pristine_debian_without_host_tools(qemu_vm: VM, arch: str) -> None:
