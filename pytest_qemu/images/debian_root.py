@@ -185,8 +185,13 @@ def debian_root_image(
     return _load(final)
 
 
-def _progress(recipe: DebianRootRecipe, message: str, *args: object) -> None:
-    logger.warning("pytest-qemu: %s: " + message, recipe.describe(), *args)
+def _progress(recipe: DebianRootRecipe, started: float, message: str, *args: object) -> None:
+    logger.warning(
+        "pytest-qemu: %s: [%.0f s] " + message,
+        recipe.describe(),
+        time.monotonic() - started,
+        *args,
+    )
 
 
 def _build(
@@ -195,7 +200,7 @@ def _build(
     started = time.monotonic()
     apt = PrivateApt(recipe.suite, recipe.debian_arch, cache_dir / USERLANDS_DIR / ".apt" /
                      f"{recipe.suite}-{recipe.debian_arch}")  # fmt: skip
-    _progress(recipe, "first build: updating the package indexes")
+    _progress(recipe, started, "first build: updating the package indexes")
     apt.update()
     essential = apt.essential_packages()
     try:
@@ -207,7 +212,7 @@ def _build(
             f"architecture?): {error}"
         ) from None
     size = apt.download_size(ordered)
-    _progress(recipe, "downloading %d packages (%.1f MB)", len(ordered), size / 1e6)
+    _progress(recipe, started, "downloading %d packages (%.1f MB)", len(ordered), size / 1e6)
     debs_dir = work / "debs"
     apt.download(ordered, debs_dir)
     debs = _debs_by_package(debs_dir)
@@ -215,10 +220,11 @@ def _build(
     if missing:
         raise SetupError(f"{recipe.describe()}: apt downloaded no .deb for {', '.join(missing)}")
     root, raw = work / "root", work / "root.ext4"
-    _progress(recipe, "unpacking on the host and making the disk")
+    _progress(recipe, started, "unpacking on the host and making the disk")
     _unpack(root, raw, [debs[name] for name in ordered], set(essential))
-    _progress(recipe, "configuring the packages in the guest (dpkg, on %s)", platform.name)
+    _progress(recipe, started, "configuring the packages in the guest (dpkg, on %s)", platform.name)
     configure(raw)
+    _progress(recipe, started, "compressing the configured disk into the base image")
     out = work / "out"
     out.mkdir()
     _run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(out / "disk.qcow2")],
@@ -237,7 +243,7 @@ def _build(
             indent=2,
         )
     )
-    _progress(recipe, "built in %.0f s (%d packages)", seconds, len(ordered))
+    _progress(recipe, started, "built in %.0f s (%d packages)", seconds, len(ordered))
 
 
 def _debs_by_package(directory: Path) -> dict[str, Path]:

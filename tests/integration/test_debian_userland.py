@@ -15,7 +15,12 @@ from pytest_qemu.platforms import get_platform
 #: The one package set these tests use: one build per architecture for the suite.
 PACKAGES = ["python3-pytest"]
 
-pytestmark = [pytest.mark.vm, pytest.mark.qemu(userland="debian", packages=PACKAGES)]
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.qemu(userland="debian", packages=PACKAGES),
+    # The first test of an architecture builds its userland: minutes under emulation.
+    pytest.mark.timeout(3600),
+]
 
 
 def test_python3_reports_the_guest_architecture_and_byte_order(qemu_vm: VM, arch: str) -> None:
