@@ -201,7 +201,18 @@ def _build(
     apt = PrivateApt(recipe.suite, recipe.debian_arch, cache_dir / USERLANDS_DIR / ".apt" /
                      f"{recipe.suite}-{recipe.debian_arch}")  # fmt: skip
     _progress(recipe, started, "first build: updating the package indexes")
-    apt.update()
+    try:
+        apt.update()
+    except SetupError as error:
+        raise SetupError(f"{recipe.describe()}: no Debian archive answered: {error}") from None
+    if not list(apt.state_dir.glob(f"lists/*_dists_{recipe.suite}_main_binary-"
+                                   f"{recipe.debian_arch}_Packages*")):  # fmt: skip
+        raise SetupError(
+            f"{recipe.describe()}: no Debian archive answered with the {recipe.suite} "
+            f"packages for {recipe.debian_arch} (apt-get update fetched no index): is the "
+            "mirror the host's apt uses reachable ($PYTEST_QEMU_DEBIAN_MIRROR overrides it), "
+            f"and does Debian {recipe.suite} have {recipe.debian_arch}?"
+        )
     essential = apt.essential_packages()
     try:
         ordered = apt.resolve([*essential, *recipe.packages])

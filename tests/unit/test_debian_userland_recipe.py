@@ -10,7 +10,12 @@ import pytest
 
 from pytest_qemu import ConfigurationError, SetupError
 from pytest_qemu.guests.debian_userland import dpkg_failure
-from pytest_qemu.images.debian_root import MANIFEST, DebianRootRecipe, userlands_dir
+from pytest_qemu.images.debian_root import (
+    MANIFEST,
+    DebianRootRecipe,
+    debian_root_image,
+    userlands_dir,
+)
 from pytest_qemu.images.userlands import cached_userlands, prune_userlands
 from pytest_qemu.platforms import get_platform
 from pytest_qemu.plugin.keywords import check_keywords, check_marker
@@ -79,3 +84,22 @@ def test_cache_list_and_prune(tmp_path: Path) -> None:
     assert [u.path.name for u in cached_userlands(tmp_path)] == ["debian-bookworm-arm64-new"]
     prune_userlands(tmp_path, idle_days=0)
     assert cached_userlands(tmp_path) == []
+
+
+def test_no_reachable_archive_fails_clearly_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    monkeypatch.setenv("PYTEST_QEMU_DEBIAN_MIRROR", "http://127.0.0.1:9/debian")
+    platform = get_platform("x86_64")
+    # A suite nobody else uses here: the host's security mirror has no index for it.
+    recipe = DebianRootRecipe.of(platform, "pytest-qemu-nosuch", ["python3"])
+
+    def configure(disk: Path) -> None:
+        raise AssertionError("nothing to configure without packages")
+
+    with pytest.raises(SetupError, match="no Debian archive answered") as raised:
+        debian_root_image(tmp_path, platform, recipe, configure)
+    assert "amd64" in str(raised.value) and "pytest-qemu-nosuch" in str(raised.value)
+    userlands = userlands_dir(tmp_path)
+    assert [path.name for path in userlands.iterdir()] == [".apt"]
