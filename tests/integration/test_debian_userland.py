@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import VM, SetupError, VMFactory
+from pytest_qemu import VM, ConfigurationError, SetupError, VMFactory
 from pytest_qemu.platforms import get_platform
 
 #: The one package set these tests use: one build per architecture for the suite.
@@ -82,3 +82,9 @@ def test_an_unknown_package_fails_clearly_and_leaves_nothing(
     userlands = Path(qemu_vm_factory.guest.cache.root) / "userlands"
     assert not [path for path in userlands.iterdir() if "no-such" in path.name or
                 path.name.startswith(".debian")]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["x86_64"], indirect=True)
+def test_packages_need_the_debian_userland(qemu_vm_factory: VMFactory, arch: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"packages=\['python3'\].*userland='debian'"):
+        qemu_vm_factory(userland="busybox", packages=["python3"])
