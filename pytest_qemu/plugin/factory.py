@@ -171,7 +171,7 @@ class VMFactory:
                 userland or settings.userland,
                 kernel_path,
                 initramfs_path,
-                package_list if package_list is not None else settings.packages,
+                package_list,
                 suite or settings.suite,
             )
         platform = guest.platform
@@ -234,13 +234,16 @@ class VMFactory:
         userland: str,
         kernel: Path | None,
         initramfs: Path | None,
-        packages: tuple[str, ...] = (),
+        packages: tuple[str, ...] | None = None,
         suite: str | None = None,
     ) -> Guest:
+        """The guest of kind *userland*; *packages* are a VM's own (its call's or marker's),
+        None to take the run's ``--qemu-packages``, which other kinds ignore."""
         entry = GUEST_KINDS.entry(userland)
         options: dict[str, object] = {}
         if "packages" in entry.options:
-            options = {"packages": packages, "suite": suite}
+            chosen = packages if packages is not None else self._session.settings.packages
+            options = {"packages": chosen, "suite": suite}
         elif packages:
             raise ConfigurationError(
                 f"packages={list(packages)!r} installs Debian packages, which "

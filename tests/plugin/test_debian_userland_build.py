@@ -67,3 +67,29 @@ def test_two_workers_build_one_userland_once(
     userlands = sorted(path.name for path in (cache / "userlands").iterdir())
     # The one userland, the private apt state; no build directory or lock left behind.
     assert userlands == [builds[0]], userlands
+
+
+@pytest.mark.timeout(3600)  # builds the userland if no other test did yet
+def test_the_options_choose_the_debian_userland_and_its_packages(
+    pytester: pytest.Pytester,
+) -> None:
+    """``--qemu-userland debian --qemu-packages`` for the run; a busybox VM of the same run
+    (the marker's userland) ignores the run's packages."""
+    pytester.makepyfile(
+        test_options="""
+        import pytest
+
+        def test_debian(qemu_vm):
+            assert qemu_vm.check("python3 -m pytest --version").startswith("pytest ")
+            assert qemu_vm.check("dpkg --print-architecture") == "amd64\\n"
+
+        @pytest.mark.qemu(userland="busybox")
+        def test_busybox(qemu_vm):
+            assert qemu_vm.run("command -v python3").returncode != 0
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--qemu-userland=debian", "--qemu-packages=python3-pytest", "--qemu-arch=x86_64",
+        "--qemu-accel=tcg", "-p", "no:randomly", "--timeout=3600",
+    )  # fmt: skip
+    result.assert_outcomes(passed=2)
