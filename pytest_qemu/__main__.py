@@ -7,6 +7,7 @@
     python -m pytest_qemu console SOCKET
     python -m pytest_qemu doctor [--arch aarch64]
     python -m pytest_qemu fetch --arch NAME [--arch NAME ...] | --arch all
+    python -m pytest_qemu cache list | prune [--idle-days DAYS]
 
 ``shell`` boots (or clones) the VM and puts your terminal on its serial
 console. It reads the settings of the project in the current directory as
@@ -16,7 +17,9 @@ own options then win, as a test's ``qemu`` marker and factory arguments do.
 ``--qemu-keep-failed``. Ctrl-] leaves; the VM then ends. ``doctor`` says what this
 host can run and what it lacks; it exits with 1 if the default guest cannot run.
 ``fetch`` downloads and unpacks the kernel and busybox of foreign architectures ahead
-of the first test (for a CI cache, or a machine that is offline later).
+of the first test (for a CI cache, or a machine that is offline later). ``cache list``
+says where the cache is and how big each part and each built userland is; ``cache
+prune`` removes the userlands unused for ``--idle-days`` days (default 30; 0: all).
 """
 
 from __future__ import annotations
@@ -119,6 +122,33 @@ def _fetch(options: argparse.Namespace) -> int:
     return 0
 
 
+def _mb(size: int) -> str:
+    return f"{size / 1e6:8.1f} MB"
+
+
+def _cache(options: argparse.Namespace) -> int:
+    from pytest_qemu.images.userlands import cache_parts, cached_userlands, prune_userlands
+
+    cache_dir = default_cache_dir()
+    if options.action == "prune":
+        removed = prune_userlands(cache_dir, options.idle_days)
+        for userland in removed:
+            print(f"removed {_mb(userland.size)}  {userland.description}  ({userland.path.name})")
+        print(f"pytest-qemu: removed {len(removed)} userland(s) from {cache_dir}")
+        return 0
+    print(f"pytest-qemu cache: {cache_dir} (PYTEST_QEMU_CACHE_DIR or --qemu-cache-dir moves it)")
+    for name, size in cache_parts(cache_dir):
+        print(f"{_mb(size)}  {name}")
+    userlands = cached_userlands(cache_dir)
+    if userlands:
+        print("userlands (prune with `python -m pytest_qemu cache prune --idle-days N`):")
+    for userland in userlands:
+        idle = userland.idle_seconds / 86400
+        print(f"{_mb(userland.size)}  {userland.description}  (unused for {idle:.1f} days; "
+              f"{userland.path.name})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line's entry point."""
     parser = argparse.ArgumentParser(prog="python -m pytest_qemu", description=__doc__)
@@ -174,12 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     doctor.add_argument("--arch", action="append", default=[],
                         help="check only this architecture, and fail if it cannot run "
                         "(repeatable; default: check all, fail if the host's cannot)")  # fmt: skip
+    cache = commands.add_parser("cache", help="where the cache is, its sizes, pruning it")
+    cache.add_argument("action", choices=("list", "prune"))
+    cache.add_argument("--idle-days", type=float, default=30.0,
+                       help="prune: remove the userlands unused for this many days "
+                       "(default 30; 0: all)")  # fmt: skip
     options = parser.parse_args(argv)
     try:
         if options.command == "shell":
             return _shell(options)
         if options.command == "fetch":
             return _fetch(options)
+        if options.command == "cache":
+            return _cache(options)
         if options.command == "doctor":
             from pytest_qemu.doctor import main as run_doctor
 

@@ -132,6 +132,30 @@ class PrivateApt:
             int(line.split(":", 1)[1]) for line in shown.splitlines() if line.startswith("Size:")
         )
 
+    def essential_packages(self) -> list[str]:
+        """The suite's packages marked ``Essential: yes`` (what every Debian system has)."""
+        available = self._apt("apt-cache", ["dumpavail"], "listing the essential packages")
+        names = []
+        for stanza in available.split("\n\n"):
+            fields = dict(
+                line.split(": ", 1)
+                for line in stanza.splitlines()
+                if line[:1].strip() and ": " in line
+            )
+            if fields.get("Essential") == "yes" and "Package" in fields:
+                names.append(fields["Package"])
+        return sorted(set(names))
+
+    def resolve(self, packages: Sequence[str]) -> list[str]:
+        """*packages* and everything they depend on (recommendations left out), as apt
+        would install them on an empty system, in apt's installation order."""
+        simulated = self._apt(
+            "apt-get",
+            ["install", "--simulate", "--no-install-recommends", "-q", *packages],
+            "resolving the dependencies of " + " ".join(packages),
+        )
+        return [line.split()[1] for line in simulated.splitlines() if line.startswith("Inst ")]
+
     def download(self, packages: Sequence[str], destination: Path) -> None:
         """Download the ``.deb`` files of *packages* into *destination*."""
         destination.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,8 @@ class VMFactory:
     The keywords (all optional) are those of :class:`MachineSpec` where they
     overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
     ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
-    (``"busybox"`` or ``"host"``), ``kernel`` and ``initramfs`` (your own),
+    (``"busybox"``, ``"host"`` or ``"debian"``, the last with ``packages`` and
+    ``suite``), ``kernel`` and ``initramfs`` (your own),
     ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
     or ``"console"``, and ``credentials`` = ``(user, password)`` for a console
     login),
@@ -60,8 +61,8 @@ class VMFactory:
         self._snapshots = snapshots
         self._defaults = dict(defaults or {})
         self._lock = threading.Lock()
-        #: The guest of each kind and architecture, made once.
-        self._guests: dict[tuple[str, str], Guest] = {}
+        #: The guest of each kind, architecture and options, made once.
+        self._guests: dict[tuple[object, ...], Guest] = {}
         self._started = 0
         #: The VMs started so far, in order (the fixtures report their consoles on failure).
         self.vms: list[VM] = []
@@ -115,6 +116,8 @@ class VMFactory:
         persistent: bool = False,
         channel: str | None = None,
         credentials: tuple[str, str] | None = None,
+        packages: Iterable[str] | None = None,
+        suite: str | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
         check_keywords(
@@ -125,10 +128,14 @@ class VMFactory:
                 "snapshot": snapshot,
                 "arch": arch,
                 "userland": userland,
+                "packages": list(packages) if isinstance(packages, Iterable) else packages,
+                "suite": suite,
             }
         )
         arch = arch if arch is not None else optional_str(self._defaults.get("arch"))
         userland = userland or optional_str(self._defaults.get("userland"))
+        package_list = _package_list(packages, self._defaults.get("packages"))
+        suite = suite or optional_str(self._defaults.get("suite"))
         vcpus = cpus if cpus is not None else self._defaults.get("cpus", 1)
         device_list, kernel_arg_list, qemu_arg_list = _checked_arguments(
             devices, kernel_args, qemu_args
@@ -159,7 +166,14 @@ class VMFactory:
                     "channel=, persistent= and credentials= are for VMs booting an image: "
                     "give image= too"
                 )
-            guest = self._guest(arch, userland or settings.userland, kernel_path, initramfs_path)
+            guest = self._guest(
+                arch,
+                userland or settings.userland,
+                kernel_path,
+                initramfs_path,
+                package_list,
+                suite or settings.suite,
+            )
         platform = guest.platform
         all_devices = guest.devices(device_list, log_dir)
         boot = guest.boot_files(all_devices)
@@ -215,9 +229,26 @@ class VMFactory:
         return vm
 
     def _guest(
-        self, arch: str | None, userland: str, kernel: Path | None, initramfs: Path | None
+        self,
+        arch: str | None,
+        userland: str,
+        kernel: Path | None,
+        initramfs: Path | None,
+        packages: tuple[str, ...] | None = None,
+        suite: str | None = None,
     ) -> Guest:
+        """The guest of kind *userland*; *packages* are a VM's own (its call's or marker's),
+        None to take the run's ``--qemu-packages``, which other kinds ignore."""
         entry = GUEST_KINDS.entry(userland)
+        options: dict[str, object] = {}
+        if "packages" in entry.options:
+            chosen = packages if packages is not None else self._session.settings.packages
+            options = {"packages": chosen, "suite": suite}
+        elif packages:
+            raise ConfigurationError(
+                f"packages={list(packages)!r} installs Debian packages, which "
+                f"userland={userland!r} does not have: use userland='debian'"
+            )
         base = self._session.default_guest(self._session.platform(arch))
         if kernel is not None or initramfs is not None:
             if "kernel" not in entry.options:
@@ -227,10 +258,10 @@ class VMFactory:
                 )
             return OwnBootFilesGuest(base, kernel, initramfs)
         with self._lock:
-            key = (userland, base.platform.name)
+            key = (userland, base.platform.name, *sorted(options.items(), key=str))
             if key not in self._guests:
                 make = GUEST_KINDS.load(userland)
-                self._guests[key] = make(base, self._shared_directories)
+                self._guests[key] = make(base, self._shared_directories, **options)
             return self._guests[key]
 
     def close(self) -> None:
@@ -268,6 +299,20 @@ def _checked_arguments(
                 "take a list of str"
             )
     return device_list, lists[0], lists[1]
+
+
+def _package_list(given: Iterable[str] | None, default: object) -> tuple[str, ...] | None:
+    """The Debian packages a VM asks for (sorted, once each), the factory's argument
+    before the marker's; None if neither names any."""
+    chosen = given if given is not None else default
+    if chosen is None:
+        return None
+    if isinstance(chosen, str) or not isinstance(chosen, Iterable):
+        raise ConfigurationError(
+            f"packages {chosen!r} is not a list of package names: give a list of str, "
+            "such as packages=['python3']"
+        )
+    return tuple(sorted({str(name) for name in chosen}))
 
 
 def _existing(path: str | os.PathLike[str] | None, what: str) -> Path | None:

@@ -90,6 +90,21 @@ KEYWORDS: Mapping[str, Keyword] = {
             f"use one of {', '.join(GUEST_KINDS.names())}",
         ),
         Keyword(
+            "packages",
+            _optional(
+                lambda value: (
+                    isinstance(value, (list, tuple))
+                    and all(isinstance(name, str) and name for name in value)
+                )
+            ),
+            "give a list of Debian package names, such as packages=['python3']",
+        ),
+        Keyword(
+            "suite",
+            _optional(lambda value: isinstance(value, str) and bool(value)),
+            "give a Debian suite name, such as suite='bookworm'",
+        ),
+        Keyword(
             "kernel_warnings",
             lambda value: isinstance(value, bool),
             "give True (a guest kernel warning fails the test) or False",
@@ -99,7 +114,15 @@ KEYWORDS: Mapping[str, Keyword] = {
 
 #: The keywords of ``@pytest.mark.qemu(...)``: the factory's defaults for a test's VMs,
 #: and the test's own kernel-warning check.
-MARKER_KEYWORDS = ("arch", "userland", "snapshot", "cpus", "kernel_warnings")
+MARKER_KEYWORDS = (
+    "arch",
+    "userland",
+    "packages",
+    "suite",
+    "snapshot",
+    "cpus",
+    "kernel_warnings",
+)
 
 
 def check_keywords(values: Mapping[str, object]) -> None:

@@ -27,6 +27,16 @@ _OPTIONS = (
     ("binary", "QEMU binary to run (default: the architecture's qemu-system-*)", ""),
     ("arch", f"guest architecture: {PLATFORMS.help()} (default: the host's)", ""),
     ("userland", f"the guest's userland: {GUEST_KINDS.help()}", "busybox"),
+    (
+        "packages",
+        "Debian packages for --qemu-userland debian, comma-separated (with their dependencies)",
+        "",
+    ),
+    (
+        "suite",
+        "the Debian suite of --qemu-userland debian (default: the architecture's, as bookworm)",
+        "",
+    ),
     ("kernel", "guest kernel (default: the host's newest /boot/vmlinuz-*)", ""),
     ("initramfs", "guest initramfs (default: one pytest-qemu builds from busybox-static)", ""),
     (
@@ -269,6 +279,9 @@ class QemuSettings:
     prepare_ahead: str = "auto"
     #: Per architecture, a directory with its kernel, modules and busybox (--qemu-arch-files).
     arch_files: tuple[tuple[str, Path], ...] = ()
+    #: The Debian userland's packages and suite (``--qemu-packages``, ``--qemu-suite``).
+    packages: tuple[str, ...] = ()
+    suite: str | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> QemuSettings:
@@ -315,6 +328,8 @@ class QemuSettings:
             keep_failed=_choice(config, "keep-failed", ("on", "off")) == "on",
             prepare_ahead=_prepare_ahead(config),
             arch_files=_arch_files(config),
+            packages=tuple(name.strip() for name in config("packages").split(",") if name.strip()),
+            suite=config("suite") or None,
         )
 
     def resolved_binary(self, platform: Platform) -> str:

@@ -197,13 +197,14 @@ def test_a_first_run_says_what_it_will_build(pytester: pytest.Pytester, tmp_path
     ("marker", "message"),
     [
         ("memroy=512", "*@pytest.mark.qemu has no keyword 'memroy': the known keywords are arch, "
-         "userland, snapshot, cpus, kernel_warnings*"),
+         "userland, packages, suite, snapshot, cpus, kernel_warnings*"),
         ("cpu=2", "*@pytest.mark.qemu has no keyword 'cpu'*cpus*"),
         ("cpus=0", "*@pytest.mark.qemu: cpus 0 is not valid: give a number from 1 to 255*"),
         ("'aarch64'", "*@pytest.mark.qemu('aarch64',) takes keywords only*arch, userland*"),
         ("snapshot='no'", "*@pytest.mark.qemu: snapshot 'no' is not valid: give True or False*"),
         ("kernel_warnings='off'", "*@pytest.mark.qemu: kernel_warnings 'off' is not valid*"),
         ("userland='alpine'", "*@pytest.mark.qemu: userland 'alpine' is not valid*"),
+        ("packages='python3'", "*@pytest.mark.qemu: packages 'python3' is not valid: give a list*"),
     ],
 )  # fmt: skip
 def test_a_bad_qemu_marker_fails_the_test_naming_the_keyword(
