@@ -19,15 +19,15 @@ class RunStats:
         #: One (cloned, seconds to ready, built a template, prepared ahead) per VM start.
         self.starts: list[tuple[bool, float, bool, bool]] = []
 
-    def record(self, vm: VM, prepared_ahead: bool = False) -> None:
-        """Count *vm*, just started (or taken from the VMs *prepared_ahead*)."""
+    def record(self, vm: VM) -> None:
+        """Count *vm*, just started (perhaps ahead, while an earlier test ran)."""
         with self._lock:
             self.starts.append(
                 (
                     vm.restored_from is not None,
                     vm.boot_seconds or 0.0,
                     vm.built_template,
-                    prepared_ahead,
+                    vm.prepared_ahead,
                 )
             )
 
