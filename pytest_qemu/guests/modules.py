@@ -169,8 +169,8 @@ class ModuleIndex:
             raise ModuleError(
                 f"cannot read {dep_file}: {exc.strerror or exc}. The kernel modules for this "
                 "release do not seem to be installed (on Debian/Ubuntu: "
-                "`apt-get install linux-image-$(dpkg --print-architecture)`, or run `depmod` if the modules "
-                "are there but the index is missing)."
+                "`apt-get install linux-image-$(dpkg --print-architecture)`, or run `depmod` if "
+                "the modules are there but the index is missing)."
             ) from exc
         # Entries as written in modules.dep: a Path is made only for the modules resolved
         # (the index has thousands, and every worker process reads it).
@@ -192,8 +192,8 @@ class ModuleIndex:
             raise ModuleError(
                 f"no kernel modules directory {modules_dir} for kernel release {release!r} "
                 f"(releases found in {root}: {found}). Install the kernel's modules "
-                "(e.g. `apt-get install linux-image-$(dpkg --print-architecture)`) or use a kernel whose "
-                "release matches an installed modules directory."
+                "(e.g. `apt-get install linux-image-$(dpkg --print-architecture)`) or use a "
+                "kernel whose release matches an installed modules directory."
             )
         return cls(modules_dir)
 
@@ -305,6 +305,7 @@ class ModuleIndex:
         return ModuleError(
             f"kernel module {name!r} not found in {self.modules_dir} (neither in "
             "modules.dep nor in modules.builtin). Check the module name and that the "
-            "kernel release matches this modules directory; the modules of the host "
-            "kernel come with its package (e.g. `apt-get install linux-image-$(dpkg --print-architecture)`)."
+            "kernel release matches this modules directory; the modules of the host kernel "
+            "come with its package (e.g. `apt-get install "
+            "linux-image-$(dpkg --print-architecture)`)."
         )
