@@ -4,8 +4,13 @@ Writes a temporary suite of N tests, each starting a VM (the ``qemu_vm``
 fixture) and running one command in it, then times
 ``python -m pytest -p no:cacheprovider --qemu-accel=tcg -q`` on that suite with
 ``-n 0`` (no xdist) and with ``-n 2``, in the same invocation on the same
-machine. With --repeat R each setting runs R times, alternating which goes
-first so that a drifting machine load favours neither. The speed-up is the
+machine. The suite loads pytest-qemu and pytest-xdist only
+(``PYTEST_DISABLE_PLUGIN_AUTOLOAD``): the development environment's other
+plugins (pytest-html, allure-pytest... for this project's own tests) would
+otherwise be imported by every pytest process and be timed as pytest-qemu's cost
+(12% of the CPU time of the 20-test suite at ``-n 2``). With --repeat R each
+setting runs R times, alternating which goes first so that a drifting machine
+load favours neither. The speed-up is the
 ratio of the median wall times, n0 / n2.
 
 The default guest's kernel and initramfs are built (without booting anything)
@@ -96,7 +101,8 @@ def run_suite(
 ) -> float:
     """Run the suite once with ``-n workers``; return its wall time in seconds."""
     command = [
-        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--qemu-accel=tcg", "-q",
+        sys.executable, "-m", "pytest", "-p", "pytest_qemu.plugin", "-p", "xdist.plugin",
+        "-p", "no:cacheprovider", "--qemu-accel=tcg", "-q",
         "-n", str(workers), f"--basetemp={basetemp}", *extra_args,
     ]  # fmt: skip
     timeout = 120 + 120 * tests
@@ -104,6 +110,7 @@ def run_suite(
     process = subprocess.Popen(
         command,
         cwd=suite_dir,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -1,11 +1,11 @@
 """``python -m pytest_qemu``: an interactive shell in the VM a test would get.
 
-    python -m pytest_qemu shell [--arch aarch64] [--userland host] [--share DIR]
+    python -m pytest_qemu shell [--arch NAME] [--userland host] [--share DIR]
                                 [--image disk.qcow2] [--kernel K] [--initramfs I]
                                 [--kernel-args ARGS] [--memory MiB] [--snapshot off]
                                 [-- PYTEST_OPTIONS...]
     python -m pytest_qemu console SOCKET
-    python -m pytest_qemu doctor [--arch aarch64]
+    python -m pytest_qemu doctor [--arch NAME]
     python -m pytest_qemu fetch --arch NAME [--arch NAME ...] | --arch all
     python -m pytest_qemu cache list | prune [--idle-days DAYS]
 

@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -109,6 +110,15 @@ class BuildCache:
     Each file is published with a record of its size and SHA-256 (``<file>.sum``),
     checked before the file is handed out: a file that was truncated or damaged
     since it was built is rebuilt instead of being trusted.
+
+    Hashing a 66 MB kernel costs each pytest process a tenth of a second or more,
+    so a full check is done once per file, not once per process: the record then
+    also holds the file's identity (size, modification and change times, inode), and a
+    process that finds the file with that identity trusts it. Any write, truncation,
+    ``touch`` or replacement changes the change time, which no one can set back. As in
+    git's "racy clean" rule, the identity is recorded only for a file last changed
+    more than :data:`_SETTLED` seconds before the check, so that a change in the same
+    clock tick as the check cannot go unseen.
     """
 
     def __init__(self, root: Path) -> None:
@@ -176,16 +186,45 @@ class BuildCache:
         with self._verified_lock:
             if identity in self._verified:
                 return True
-        if len(recorded) != 2 or recorded[0] != str(stat.st_size):
+        if len(recorded) not in (2, 3) or recorded[0] != str(stat.st_size):
             return False
-        try:
-            if _measure(target)[1] != recorded[1]:
+        if recorded[2:] != [_identity(stat)]:
+            try:
+                if _measure(target)[1] != recorded[1]:
+                    return False
+            except OSError:
                 return False
-        except OSError:
-            return False
+            _record_identity(target, stat, recorded[:2])
         with self._verified_lock:
             self._verified.add(identity)
         return True
+
+
+#: Seconds since a file's last change after which its identity may be recorded (far more
+#: than any file system's timestamp granularity).
+_SETTLED = 2.0
+
+
+def _identity(stat: os.stat_result) -> str:
+    """A file's identity: size, modification and change times (ns), inode."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
+def _record_identity(target: Path, stat: os.stat_result, record: list[str]) -> None:
+    """Add *target*'s identity to its checked *record*, once the file has settled (best
+    effort: a read-only cache is simply checked in full each time)."""
+    if time.time_ns() - stat.st_ctime_ns < _SETTLED * 1e9:
+        return
+    with contextlib.suppress(OSError):
+        with tempfile.NamedTemporaryFile(
+            "w", dir=target.parent, prefix=f".{target.name}.", suffix=".sum", delete=False
+        ) as out:
+            out.write(f"{record[0]} {record[1]} {_identity(stat)}\n")
+        try:
+            os.replace(out.name, _record_path(target))
+        except OSError:
+            os.unlink(out.name)
+            raise
 
 
 def _record_path(target: Path) -> Path:

@@ -88,8 +88,8 @@ class ConsoleChannel(CommandChannel):
         probe = f"echo PQ_READY_{nonce}_$((40 + 2))\n".encode()
         logged_in = False
         # A booting guest is not typed at until its console has shown something and gone
-        # quiet: bytes that reach aarch64's PL011 while the kernel brings the port up can
-        # wedge its input for good (seen here with another VM booting beside it).
+        # quiet: bytes that reach some platforms' UARTs while the kernel brings the port up
+        # can wedge its input for good (seen here with another VM booting beside it).
         began = next_probe = time.monotonic()
         probed = False
         while True:

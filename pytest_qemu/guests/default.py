@@ -54,7 +54,7 @@ class DefaultGuest(AgentGuest):
     """The default guest, built once and kept in a :class:`BuildCache`.
 
     The kernel is the platform's newest kernel, booted in the fastest form the
-    platform can make of it (an uncompressed PVH ``vmlinux`` on x86-64). Each
+    platform can make of it (an uncompressed ``vmlinux`` where it boots one). Each
     VM's initramfs holds only the modules its devices need.
     """
 

@@ -169,8 +169,8 @@ class ModuleIndex:
             raise ModuleError(
                 f"cannot read {dep_file}: {exc.strerror or exc}. The kernel modules for this "
                 "release do not seem to be installed (on Debian/Ubuntu: "
-                "`apt-get install linux-image-amd64`, or run `depmod` if the modules "
-                "are there but the index is missing)."
+                "`apt-get install linux-image-$(dpkg --print-architecture)`, or run `depmod` if "
+                "the modules are there but the index is missing)."
             ) from exc
         # Entries as written in modules.dep: a Path is made only for the modules resolved
         # (the index has thousands, and every worker process reads it).
@@ -181,7 +181,7 @@ class ModuleIndex:
 
     @classmethod
     def for_kernel_release(cls, release: str, root: Path = Path("/lib/modules")) -> ModuleIndex:
-        """Return the index for ``root/release``, e.g. ``/lib/modules/6.1.0-56-amd64``."""
+        """Return the index for ``root/release``, e.g. ``/lib/modules/6.1.0-56-<flavour>``."""
         modules_dir = root / release
         if not modules_dir.is_dir():
             try:
@@ -192,8 +192,8 @@ class ModuleIndex:
             raise ModuleError(
                 f"no kernel modules directory {modules_dir} for kernel release {release!r} "
                 f"(releases found in {root}: {found}). Install the kernel's modules "
-                "(e.g. `apt-get install linux-image-amd64`) or use a kernel whose "
-                "release matches an installed modules directory."
+                "(e.g. `apt-get install linux-image-$(dpkg --print-architecture)`) or use a "
+                "kernel whose release matches an installed modules directory."
             )
         return cls(modules_dir)
 
@@ -255,7 +255,7 @@ class ModuleIndex:
                     f"kernel module {module.name} is listed in {self.modules_dir / 'modules.dep'} "
                     f"but {module.path} does not exist; the modules directory looks "
                     "incomplete (reinstall the kernel package, e.g. "
-                    "`apt-get install --reinstall linux-image-amd64`)."
+                    "`apt-get install --reinstall linux-image-$(dpkg --print-architecture)`)."
                 )
         return order
 
@@ -305,6 +305,7 @@ class ModuleIndex:
         return ModuleError(
             f"kernel module {name!r} not found in {self.modules_dir} (neither in "
             "modules.dep nor in modules.builtin). Check the module name and that the "
-            "kernel release matches this modules directory; the modules of the host "
-            "kernel come with its package (e.g. `apt-get install linux-image-amd64`)."
+            "kernel release matches this modules directory; the modules of the host kernel "
+            "come with its package (e.g. `apt-get install "
+            "linux-image-$(dpkg --print-architecture)`)."
         )

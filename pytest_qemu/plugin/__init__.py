@@ -51,9 +51,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "qemu(snapshot=True, arch=None, userland=None, cpus=1, kernel_warnings=True): "
         "options for the test's VMs: snapshot=False boots them instead of cloning a template; "
-        "arch='aarch64' emulates another architecture; userland='host' runs commands in the "
-        "host's root; cpus=2 gives them two vCPUs; kernel_warnings=False lets the guest "
-        "kernel warn without failing",
+        "arch='<name>' emulates another architecture (those of --qemu-arch); "
+        "userland='host' runs commands in the host's root; cpus=2 gives them two vCPUs; "
+        "kernel_warnings=False lets the guest kernel warn without failing",
     )
     try:
         QemuSession.of(config)

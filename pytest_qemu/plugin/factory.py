@@ -19,9 +19,11 @@ from pytest_qemu.plugin.keywords import check_keywords
 from pytest_qemu.plugin.options import optional_str
 from pytest_qemu.plugin.session import QemuSession, basetemp_of
 from pytest_qemu.vm.argv import MachineSpec, check_devices
+from pytest_qemu.vm.launcher import Launcher
 from pytest_qemu.vm.machine import VM
 from pytest_qemu.vm.snapshot import SnapshotStore
-from pytest_qemu.vm.start.prepared import VMPool
+from pytest_qemu.vm.start import Ahead, strategy_for
+from pytest_qemu.vm.start.prepared import LaunchedAhead, VMPool
 
 
 class VMFactory:
@@ -29,7 +31,7 @@ class VMFactory:
 
     The keywords (all optional) are those of :class:`MachineSpec` where they
     overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
-    ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
+    ``qemu_args``; plus ``arch`` (a name in ``--qemu-arch``'s help), ``userland``
     (``"busybox"``, ``"host"`` or ``"debian"``, the last with ``packages`` and
     ``suite``), ``kernel`` and ``initramfs`` (your own),
     ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
@@ -49,7 +51,7 @@ class VMFactory:
         snapshots: SnapshotStore | None = None,
         defaults: dict[str, object] | None = None,
         shared_directories: Iterable[Path] = (),
-        pool: VMPool | None = None,
+        pool: VMPool[LaunchedAhead] | None = None,
     ) -> None:
         self._session = session
         self._pool = pool
@@ -74,7 +76,7 @@ class VMFactory:
         log_root: Path,
         snapshots: bool = True,
         defaults: dict[str, object] | None = None,
-        pool: VMPool | None = None,
+        pool: VMPool[LaunchedAhead] | None = None,
     ) -> VMFactory:
         """A factory using *config*'s ``--qemu-*`` settings, logging under *log_root*.
 
@@ -198,34 +200,30 @@ class VMFactory:
         timeout = settings.boot_timeout if boot_timeout is None else boot_timeout
         snapshots = self._snapshots if snapshot in (None, True) else None
 
-        def new_vm(directory: Path) -> VM:
-            return VM(
+        # Only VMs without devices are prepared ahead: devices hold host resources (ports,
+        # directories) of the test that asked for them.
+        poolable = not all_devices and snapshots is not None and not settings.gdb
+        pool = self._pool if poolable else None
+        with self._lock:
+            vm = VM(
                 spec,
-                log_dir=directory,
+                log_dir=log_dir,
                 boot_timeout=timeout,
                 snapshots=snapshots,
                 guest=guest,
                 gdb=settings.gdb,
             )
+            self.vms.append(vm)
+        ahead = None
+        if pool is not None:
 
-        # Only VMs without devices are prepared ahead: devices hold host resources (ports,
-        # directories) of the test that asked for them.
-        poolable = not all_devices and snapshots is not None and not settings.gdb
-        pool = self._pool if poolable else None
-        key = (repr(spec), type(guest).__name__, guest.snapshot_key_parts, timeout)
-        vm = pool.take(key, log_dir) if pool is not None else None
-        taken = vm is not None
-        if vm is not None:
-            with self._lock:
-                self.vms.append(vm)
-        else:
-            with self._lock:
-                vm = new_vm(log_dir)
-                self.vms.append(vm)
-            vm.start()
-        self._session.stats.record(vm, prepared_ahead=taken)
-        if pool is not None and self.prepare_next:
-            pool.prepare(key, lambda directory: new_vm(directory).start())
+            def make_next(directory: Path) -> Launcher:
+                return Launcher.create(spec, guest, directory, timeout, snapshots, settings.gdb)
+
+            key = (repr(spec), type(guest).__name__, guest.snapshot_key_parts, timeout)
+            ahead = Ahead(pool, key, make_next if self.prepare_next else None)
+        vm.start(strategy_for(vm.plan, ahead))
+        self._session.stats.record(vm)
         return vm
 
     def _guest(

@@ -59,9 +59,9 @@ def qemu_arch() -> str | None:
     """The architecture of the VMs a test starts: ``None`` for the test's ``qemu`` marker,
     else ``--qemu-arch``, else the host's.
 
-    Parametrize it for an architecture matrix::
+    Parametrize it for an architecture matrix (the names of ``--qemu-arch``)::
 
-        @pytest.mark.parametrize("qemu_arch", ["x86_64", "aarch64"])
+        @pytest.mark.parametrize("qemu_arch", pytest_qemu.platforms.PLATFORMS.names())
         def test_boots(qemu_vm): ...
 
     or over every architecture with ``pytest_qemu.architectures()``.

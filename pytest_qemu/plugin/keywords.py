@@ -138,7 +138,7 @@ def check_marker(args: Sequence[object], kwargs: Mapping[str, object]) -> None:
     if args:
         raise ConfigurationError(
             f"@pytest.mark.qemu{tuple(args)!r} takes keywords only, not positional "
-            f"arguments: use one of {known}, such as @pytest.mark.qemu(arch='aarch64')"
+            f"arguments: use one of {known}, such as @pytest.mark.qemu(cpus=2)"
         )
     for name in kwargs:
         if name not in MARKER_KEYWORDS:

@@ -21,7 +21,7 @@ from pytest_qemu.vm.accel import AcceleratorChoice, choose_accelerator
 if TYPE_CHECKING:
     from pytest_qemu.guests.default import DefaultGuest
     from pytest_qemu.vm.snapshot import SnapshotStore
-    from pytest_qemu.vm.start.prepared import VMPool
+    from pytest_qemu.vm.start.prepared import LaunchedAhead, VMPool
 
 
 class QemuSession:
@@ -38,7 +38,7 @@ class QemuSession:
         #: How this process's VMs started (the controller's holds every worker's).
         self.stats = RunStats()
         self._accelerators: dict[str, AcceleratorChoice] = {}
-        self._pool: VMPool | None = None
+        self._pool: VMPool[LaunchedAhead] | None = None
         self._pool_decided = False
 
     @classmethod
@@ -91,7 +91,7 @@ class QemuSession:
             self._accelerators[platform.name] = choice
         return choice
 
-    def pool(self, config: pytest.Config) -> VMPool | None:
+    def pool(self, config: pytest.Config) -> VMPool[LaunchedAhead] | None:
         """Where VMs are prepared ahead of the tests that take them; None when
         ``--qemu-prepare-ahead`` is off, or auto and no CPU would be free for it."""
         with self._lock:

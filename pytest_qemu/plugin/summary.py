@@ -20,15 +20,15 @@ class RunStats:
         #: per VM start.
         self.starts: list[tuple[bool, float, bool, bool, str]] = []
 
-    def record(self, vm: VM, prepared_ahead: bool = False) -> None:
-        """Count *vm*, just started (or taken from the VMs *prepared_ahead*)."""
+    def record(self, vm: VM) -> None:
+        """Count *vm*, just started (perhaps ahead, while an earlier test ran)."""
         with self._lock:
             self.starts.append(
                 (
                     vm.restored_from is not None,
                     vm.boot_seconds or 0.0,
                     vm.built_template,
-                    prepared_ahead,
+                    vm.prepared_ahead,
                     vm.spec.platform.name,
                 )
             )

@@ -45,7 +45,7 @@ _KNOWN = (
         re.compile(r"(?:could not load PC BIOS|Could not find ROM image) '(?P<file>[^']+)'", re.I),
         "QEMU cannot find the firmware file {file}: firmware comes with QEMU's packages and "
         "those they depend on (on Debian and Ubuntu: seabios, ipxe-qemu, qemu-system-data, "
-        "qemu-efi-aarch64, ovmf, opensbi); install them, or name a file that exists",
+        "ovmf, opensbi, qemu-efi-*); install them, or name a file that exists",
     ),
 )
 

@@ -6,6 +6,8 @@ override points :meth:`~Launcher._pre_launch` (a fresh console log, QEMU's
 environment) and :meth:`~Launcher._post_launch` (the QMP session, listening for
 the channel's port events) around the spawn. Each launch gets a fresh command
 channel, since a restore that fails falls back to a boot in a second process.
+A launcher can also :meth:`~Launcher.adopt` a QEMU that another launcher of the
+same VM started ahead (the :mod:`prepared <pytest_qemu.vm.start.prepared>` start).
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.errors import SetupError, VMExited
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.vm import process as qemu_process
+from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.commands import GuestCommands
 from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.diagnose import describe, failure_report
-from pytest_qemu.vm.plan import LaunchPlan
+from pytest_qemu.vm.plan import LaunchPlan, plan_launch
 from pytest_qemu.vm.process import QemuProcess
 from pytest_qemu.vm.qmp import EventCallback
 from pytest_qemu.vm.rundir import RunFiles
+from pytest_qemu.vm.snapshot import SnapshotStore
 from pytest_qemu.vm.transcript import Transcript
 
 
 class Launcher:
     """Launches QEMU for one VM and gets its guest ready (see the module's docstring).
 
-    It holds the VM's current :class:`QemuProcess` and command channel; the
-    VM's files, console and transcript are the VM's, lent to it.
+    It holds the VM's files, console and transcript, its current
+    :class:`QemuProcess` and command channel. Make one with :meth:`create`.
     """
 
     def __init__(
@@ -42,26 +46,49 @@ class Launcher:
         guest: Guest,
         plan: LaunchPlan,
         files: RunFiles,
-        console: Console,
-        transcript: Transcript,
         channel: CommandChannel,
         boot_timeout: float,
-        kill: Callable[[], None],
+        kill: Callable[[], None] | None = None,
     ) -> None:
         self.guest = guest
         self.plan = plan
         self.files = files
-        self.console = console
-        self.transcript = transcript
         self.boot_timeout = boot_timeout
+        #: The serial console, logged from the first byte of each launch.
+        self.console = Console(files.paths.console_log, files.paths.console_socket, self.is_running)
+        #: What happened to the VM, in order.
+        self.transcript = Transcript(files.transcript_log)
         #: The channel of the current launch.
         self.channel = channel
         #: The current QEMU process (None before the first launch).
         self.process: QemuProcess | None = None
         #: The command line of the current launch.
         self.argv: list[str] = list(plan.boot.argv)
-        #: The guest's commands, through :attr:`channel`; *kill* ends the VM.
-        self.commands = GuestCommands(self, kill)
+        #: The guest's commands, through :attr:`channel`; *kill* ends the VM (by default,
+        #: the current QEMU process).
+        self.commands = GuestCommands(self, kill or self.stop_process)
+
+    @classmethod
+    def create(
+        cls,
+        spec: MachineSpec,
+        guest: Guest,
+        log_dir: Path | None,
+        boot_timeout: float,
+        snapshots: SnapshotStore | None = None,
+        gdb: bool = False,
+        kill: Callable[[], None] | None = None,
+    ) -> Launcher:
+        """The launcher of a new VM of *spec*: its run directory, channel and launch plan
+        (cloned from *snapshots* when it can be), logging to *log_dir*."""
+        files = RunFiles.create(log_dir, gdb)
+        try:
+            channel = guest.channel(files.socket_dir)
+            plan = plan_launch(spec, files.paths, channel.qemu_args(), guest, snapshots)
+        except BaseException:
+            files.remove()
+            raise
+        return cls(guest, plan, files, channel, boot_timeout, kill)
 
     def launch(
         self,
@@ -141,6 +168,30 @@ class Launcher:
         # A fresh channel for a second launch (a restore that fell back to a boot).
         self.channel = self.guest.channel(self.files.socket_dir)
         self.files.remove_sockets()
+
+    def adopt(self, ahead: Launcher) -> None:
+        """Take over the QEMU that *ahead*, a launcher of the same VM, started (its logs
+        already moved into this launcher's log directory): its process, channel, run
+        directory and transcript; this launcher's own run directory is removed."""
+        self.channel.close()
+        self.files.adopt(ahead.files)
+        self.console.socket_path = self.files.paths.console_socket
+        self.transcript.adopt(ahead.transcript)
+        self.plan, self.channel, self.process = ahead.plan, ahead.channel, ahead.process
+        self.argv = ahead.argv
+
+    def move_logs(self, destination: Path) -> None:
+        """Move the log directory to *destination* (absent, or an empty directory, on the
+        same file system), while QEMU keeps writing to its open files."""
+        self.files.move_logs(destination)
+        self.transcript.path = self.files.transcript_log
+        self.console.log_path = self.files.paths.console_log
+
+    def close(self) -> None:
+        """Once QEMU is gone: close the channel and the console, remove the run directory."""
+        self.channel.close()
+        self.console.close()
+        self.files.remove()
 
     def is_running(self) -> bool:
         """Whether the current QEMU is alive."""

@@ -17,13 +17,10 @@ from pytest_qemu.errors import VMError, concise_traceback
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.vm.argv import MachineSpec
 from pytest_qemu.vm.commands import CommandMethods, GuestCommands, first_line
-from pytest_qemu.vm.console import Console
 from pytest_qemu.vm.launcher import Launcher
-from pytest_qemu.vm.plan import plan_launch
-from pytest_qemu.vm.rundir import RunFiles
+from pytest_qemu.vm.plan import LaunchPlan
 from pytest_qemu.vm.snapshot import SnapshotStore
-from pytest_qemu.vm.start import strategy_for
-from pytest_qemu.vm.transcript import Transcript
+from pytest_qemu.vm.start import StartStrategy, strategy_for
 
 _live_vms: weakref.WeakSet[VM] = weakref.WeakSet()
 
@@ -58,49 +55,55 @@ class VM(CommandMethods):
         self.boot_timeout = boot_timeout
         #: The kind of guest: it provides the command channel and the personalisation.
         self.guest = guest
-        self.files = RunFiles.create(log_dir, gdb)
         try:
-            channel = guest.channel(self.files.socket_dir)
-            plan = plan_launch(spec, self.files.paths, channel.qemu_args(), guest, snapshots)
+            launcher = Launcher.create(
+                spec, guest, log_dir, boot_timeout, snapshots, gdb, kill=self.kill
+            )
         except BaseException:
             # No VM will exist to free these at teardown.
             for device in spec.devices:
                 device.release()
-            self.files.remove()
             raise
-        #: How it is launched: command line, template (``plan.snapshot``), why it boots.
-        self.plan = plan
-        #: What happened to this VM, in order (also in ``transcript.log`` beside the console).
-        self.transcript = Transcript(self.files.transcript_log)
-        paths = self.files.paths
-        self.console = Console(paths.console_log, paths.console_socket, self.is_running)
-        self._launcher = Launcher(
-            guest, plan, self.files, self.console, self.transcript, channel, boot_timeout, self.kill
+        self._launcher = launcher
+        #: Its run directory and logs; what happened to it, in order (also in
+        #: ``transcript.log`` beside the console); its serial console.
+        self.files, self.transcript, self.console = (
+            launcher.files,
+            launcher.transcript,
+            launcher.console,
         )
         #: The guest's commands (:meth:`run`, :meth:`check`...), through its channel.
-        self.commands: GuestCommands = self._launcher.commands
+        self.commands: GuestCommands = launcher.commands
         #: QEMU's command line (a clone's, once started) and the kernel's.
-        self.argv, self.kernel_args = list(plan.boot.argv), plan.boot.kernel_args
+        self.argv, self.kernel_args = list(self.plan.boot.argv), self.plan.boot.kernel_args
         #: Why it booted instead of being cloned (None if cloned); the template it was
-        #: cloned from (None if it booted); whether its start built that template.
-        self.boot_reason: str | None = plan.boot_reason
+        #: cloned from (None if it booted); whether its start built that template;
+        #: whether it was started ahead, while an earlier test ran.
+        self.boot_reason: str | None = self.plan.boot_reason
         self.restored_from: Path | None = None
-        self.built_template = False
+        self.built_template = self.prepared_ahead = False
         #: Seconds from :meth:`start` until the VM was ready for commands.
         self.boot_seconds: float | None = None
         self._lifecycle_lock = threading.Lock()
         self._started = self._stopped = False
 
+    @property
+    def plan(self) -> LaunchPlan:
+        """How it is launched: command line, template (``plan.snapshot``), why it boots."""
+        return self._launcher.plan
+
     @concise_traceback
-    def start(self) -> VM:
-        """Start QEMU and wait until the guest's command channel answers."""
+    def start(self, strategy: StartStrategy | None = None) -> VM:
+        """Start QEMU and wait until the guest's command channel answers; *strategy* is
+        how (by default the plan's: clone its template, or boot)."""
         if self._started:
             raise VMError("this VM was already started; create a new VM to start another")
         self._started = True
         started = time.monotonic()
         _live_vms.add(self)
         try:
-            outcome = strategy_for(self.plan).start(self._launcher, started)
+            strategy = strategy or strategy_for(self.plan)
+            outcome = strategy.start(self._launcher, started)
         except BaseException as error:
             self.transcript.add(
                 f"start failed after {time.monotonic() - started:.3f} s: "
@@ -110,6 +113,7 @@ class VM(CommandMethods):
             raise
         self.argv, self.restored_from = outcome.argv, outcome.restored_from
         self.built_template, self.boot_reason = outcome.built_template, outcome.boot_reason
+        self.prepared_ahead = outcome.prepared_ahead
         self.boot_seconds = time.monotonic() - started
         how = (
             f"cloned from template {self.restored_from.name}"
@@ -145,11 +149,9 @@ class VM(CommandMethods):
 
     def _post_shutdown(self) -> None:
         """Once QEMU is gone: close the connections, free the devices' leases and files."""
-        self._launcher.channel.close()
-        self.console.close()
+        self._launcher.close()
         for device in self.spec.devices:
             device.release()
-        self.files.remove()
         _live_vms.discard(self)
 
     def release_qmp(self) -> None:
@@ -157,13 +159,6 @@ class VM(CommandMethods):
         The VM is then ended with SIGKILL instead of QMP ``quit``."""
         if self._launcher.process is not None:
             self._launcher.process.qmp.close()
-
-    def move_logs(self, destination: Path) -> None:
-        """Move this VM's log directory to *destination* (absent, or an empty directory,
-        on the same file system), while QEMU keeps writing to its open files."""
-        self.files.move_logs(destination)
-        self.transcript.path = self.files.transcript_log
-        self.console.log_path = self.files.paths.console_log
 
     def __enter__(self) -> VM:
         if not self._started:

@@ -44,6 +44,12 @@ class LaunchPlan:
     boot_reason: str | None
 
     @property
+    def start(self) -> str:
+        """The name of the strategy that starts a VM of this plan (see
+        :data:`~pytest_qemu.vm.start.STRATEGIES`): a clone if it has a template."""
+        return "cold boot" if self.snapshot is None else "clone"
+
+    @property
     def setup_args(self) -> list[str]:
         """The ``pytest_qemu.*`` settings the guest applies (mounts, addresses)."""
         return self.boot.setup_args

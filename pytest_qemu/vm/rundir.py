@@ -101,6 +101,14 @@ class RunFiles:
         self.log_dir = destination
         self.paths = replace(self.paths, console_log=destination / self.paths.console_log.name)
 
+    def adopt(self, other: RunFiles) -> None:
+        """Use *other*'s run directory (where its QEMU's sockets are) instead of this one,
+        which is removed; *other*'s logs must already be in this log directory."""
+        if other.log_dir != self.log_dir or self.log_dir == self.socket_dir:
+            raise VMError(f"the logs of {other.socket_dir} are not in {self.log_dir}")
+        self.remove()
+        self.socket_dir, self.paths = other.socket_dir, other.paths
+
     def remove(self) -> None:
         """Remove the run directory (a log directory of its own stays)."""
         # Without a log directory of its own, the console log lives here: keep it.

@@ -33,6 +33,13 @@ class Transcript:
             except OSError:
                 pass  # the transcript in memory still serves the report
 
+    def adopt(self, other: Transcript) -> None:
+        """Continue *other*, the transcript of the same VM begun elsewhere (whose file is
+        now this one's): its entries come first, and its clock is kept."""
+        with self._lock:
+            self.entries[:0] = other.entries
+            self._started = other._started
+
     def command(self, command: str, outcome: str, stdout: str = "", stderr: str = "") -> None:
         """Record a guest command, its outcome and the first lines of its output."""
         lines = [f"$ {_shorten(command)}", f"  -> {outcome}"]

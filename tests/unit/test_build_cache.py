@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import pytest
 
+from pytest_qemu import cache as cache_module
 from pytest_qemu.cache import BuildCache
 from pytest_qemu.errors import CacheFull
 from tests.helpers import small_tmpfs
@@ -106,3 +107,36 @@ def test_a_cache_too_full_for_even_a_directory_says_so(tmp_path: Path) -> None:
         pytest.raises(CacheFull, match=re.escape(str(cache_dir / "agents"))),
     ):
         BuildCache(cache_dir).get("agents", "k", "", _writer(b"x" * 8192, []))
+
+
+def test_a_checked_file_is_trusted_by_its_identity_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[bytes] = []
+    path = BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"a kernel", builds))
+    record = path.with_name(path.name + ".sum")
+    # Just built: too fresh for its identity to be recorded (a change in the same clock
+    # tick could not be told apart), so the next process checks it in full.
+    assert len(record.read_text().split()) == 2
+    monkeypatch.setattr(cache_module, "_SETTLED", 0.0)
+    hashed: list[Path] = []
+    measure = cache_module._measure
+
+    def counting_measure(file: Path) -> tuple[int, str]:
+        hashed.append(file)
+        return measure(file)
+
+    monkeypatch.setattr(cache_module, "_measure", counting_measure)
+    BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"a kernel", builds))
+    assert hashed == [path] and len(record.read_text().split()) == 3
+    # Another process trusts the file as it is: no hashing.
+    BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"a kernel", builds))
+    assert hashed == [path]
+    # Overwritten with the same size and its modification time put back: its change time
+    # moved, so it is checked in full and rebuilt.
+    time.sleep(0.05)
+    before = path.stat()
+    path.write_bytes(b"X" * before.st_size)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = BuildCache(tmp_path).get("kind", "k", ".bin", _writer(b"a kernel", builds))
+    assert again.read_bytes() == b"a kernel" and len(builds) == 2

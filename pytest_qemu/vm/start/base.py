@@ -29,6 +29,8 @@ class StartOutcome:
     built_template: bool = False
     #: Why the VM booted instead of being cloned (None: it was cloned).
     boot_reason: str | None = None
+    #: Whether the VM was started ahead, while an earlier test ran.
+    prepared_ahead: bool = False
 
 
 class StartStrategy(abc.ABC):

@@ -40,6 +40,7 @@ from pytest_qemu.vm.start.template import (
 
 if TYPE_CHECKING:
     from pytest_qemu.vm.launcher import Launcher
+    from pytest_qemu.vm.plan import LaunchPlan
 
 #: A restore answers in well under a second; past this, boot instead.
 _RESTORE_TIMEOUT = 30.0
@@ -58,6 +59,13 @@ class Clone(StartStrategy):
 
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
+
+    @classmethod
+    def for_plan(cls, plan: LaunchPlan) -> Clone:
+        """Clone a VM of *plan* from its template."""
+        if plan.snapshot is None:
+            raise ValueError(f"this VM cannot be cloned: {plan.boot_reason}")
+        return cls(plan.snapshot)
 
     def start(self, launcher: Launcher, started: float) -> StartOutcome:
         snapshot = self.snapshot

@@ -9,6 +9,7 @@ from pytest_qemu.vm.start.base import StartOutcome, StartStrategy
 
 if TYPE_CHECKING:
     from pytest_qemu.vm.launcher import Launcher
+    from pytest_qemu.vm.plan import LaunchPlan
 
 
 class ColdBoot(StartStrategy):
@@ -21,6 +22,11 @@ class ColdBoot(StartStrategy):
     def __init__(self, reason: str | None) -> None:
         #: Why the VM boots instead of being cloned.
         self.reason = reason
+
+    @classmethod
+    def for_plan(cls, plan: LaunchPlan) -> ColdBoot:
+        """Boot a VM of *plan*, for the reason it gives."""
+        return cls(plan.boot_reason)
 
     def start(self, launcher: Launcher, started: float) -> StartOutcome:
         argv = list(launcher.plan.boot.argv)
