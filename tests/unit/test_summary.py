@@ -14,6 +14,7 @@ def _vm(arch: str, seconds: float, cloned: bool) -> Any:
         restored_from="t.state" if cloned else None,
         boot_seconds=seconds,
         built_template=False,
+        prepared_ahead=False,
         spec=SimpleNamespace(platform=get_platform(arch)),
     )
 
