@@ -47,6 +47,16 @@ CHANNELS: Registry[type[CommandChannel]] = Registry(
             "behind a login prompt that credentials=(user, password) answers; the console "
             f"tail shows it; {troubleshooting('an-image-does-not-boot')}",
         ),
+        Entry(
+            "ssh",
+            "pytest_qemu.channels.ssh:SSHChannel",
+            "an SSH server in the image, through a forwarded loopback port",
+            options=("credentials", "net_device"),
+            boot_timeout_hint="the image must run sshd on port 22 with a network interface "
+            "configured by DHCP, and let the user log in with the key (credentials=(user, "
+            "private_key), or cloud_init= to create the user with the session's key); the "
+            f"console tail shows how far it got; {troubleshooting('an-image-does-not-boot')}",
+        ),
     ],
 )
 
@@ -55,10 +65,11 @@ def open_channel(name: str, socket_dir: Path, platform: Platform, **options: Any
     """A new, unconnected channel *name* for a VM of *platform*, its sockets in *socket_dir*.
 
     Of *options*, it gets those its entry names; a virtio-serial transport gets
-    the platform's serial bus device.
+    the platform's serial bus device, a network one its network device.
     """
     entry = CHANNELS.entry(name)
     options["serial_bus_device"] = platform.virtio_device("serial")
+    options["net_device"] = platform.virtio_device("net")
     channel: CommandChannel = entry.load()(
         socket_dir, **{key: value for key, value in options.items() if key in entry.options}
     )

@@ -54,9 +54,35 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     # The boot loader's MBR code and modules: the disk boots by itself through SYSLINUX.
     "syslinux-common",
 )
+#: A stand-in for a distribution's cloud image (Debian's genericcloud): no user, no password,
+#: no key; cloud-init sets them from a seed at first boot and tests reach it over SSH.
+#: ``ifupdown`` and ``isc-dhcp-client``: the network cloud-init configures (it writes the
+#: interface's DHCP stanza into ``/etc/network/interfaces.d``).
+CLOUD_PACKAGES: tuple[str, ...] = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "syslinux-common",
+    "cloud-init",
+    "openssh-server",
+    # What a seed's user gets (users: sudo: ...), as on Debian's cloud images.
+    "sudo",
+    "ifupdown",
+    "isc-dhcp-client",
+)
 SUITE = "bookworm"
 #: Bump when the recipe changes in a way the key below does not capture.
 FORMAT_VERSION = 3
+#: The network configuration of a cloud image: cloud-init's stanzas are read from the
+#: directory it writes them to.
+_CLOUD_INTERFACES = """\
+# pytest-qemu: cloud-init writes the interfaces' stanzas here.
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+"""
 #: The root partition's size; the boot partition (FAT16) comes before it.
 DISK_SIZE = "2G"
 _ROOT_BYTES = 2 * 1024**3
@@ -153,11 +179,12 @@ class DebianImage:
     disk_size: int
 
 
-def image_key(packages: Sequence[str], platform: Platform) -> str:
+def image_key(packages: Sequence[str], platform: Platform, cloud: bool = False) -> str:
     """The cache key of an image: everything that decides its content."""
     return cache_key(
         [
             f"format {FORMAT_VERSION}",
+            *(["cloud", _CLOUD_INTERFACES] if cloud else []),
             SUITE,
             platform.debian_arch,
             DISK_SIZE,
@@ -176,19 +203,32 @@ def build_debian_image(
     cache_dir: Path | None = None,
     packages: Sequence[str] = DEFAULT_PACKAGES,
     platform: Platform | None = None,
+    *,
+    cloud: bool = False,
 ) -> DebianImage:
     """Return the cached Debian image of *platform* (the host's architecture if None) with
     *packages* and the platform's kernel, building it first if needed.
+
+    *cloud*: a stand-in for a distribution's cloud image instead (*packages* default to
+    :data:`CLOUD_PACKAGES`, the platform's cloud kernel): no login on the console, no
+    password, no key, and cloud-init to set them at first boot (``cloud_init=`` on the
+    factory gives it a seed).
 
     Raises :class:`~pytest_qemu.errors.SetupError`, saying what to run, when a
     tool is missing, the build is not run as root or the mirror cannot be reached.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     platform = platform or get_platform()
-    packages = tuple(dict.fromkeys((*packages, platform.kernel_package)))
+    kernel = platform.kernel_package
+    if cloud:
+        packages = CLOUD_PACKAGES if packages is DEFAULT_PACKAGES else packages
+        kernel = platform.cloud_kernel_package or kernel
+    packages = tuple(dict.fromkeys((*packages, kernel)))
     _check_packages(packages)
     images = cache_dir / "images"
-    final = images / f"debian-{SUITE}-{platform.debian_arch}-{image_key(packages, platform)}"
+    kind = "debian-cloud" if cloud else "debian"
+    key = image_key(packages, platform, cloud)
+    final = images / f"{kind}-{SUITE}-{platform.debian_arch}-{key}"
     if (final / _MANIFEST).exists():
         return _load(final)
     images.mkdir(parents=True, exist_ok=True)
@@ -205,7 +245,7 @@ def build_debian_image(
         # apt downloads as its unprivileged user, which must reach the tree being built.
         work.chmod(0o755)
         try:
-            _build(work, packages, platform)
+            _build(work, packages, platform, cloud)
             # One rename publishes the whole directory: nobody sees half an image.
             os.rename(work / "out", final)
         finally:
@@ -325,8 +365,18 @@ def mmdebstrap_command(
     ]
 
 
-def configure_root(root: Path, platform: Platform) -> None:
-    """Make the installed system *root* a test VM: autologin, no password, fast boot."""
+def configure_root(root: Path, platform: Platform, cloud: bool = False) -> None:
+    """Make the installed system *root* a test VM: autologin, no password, fast boot; or,
+    *cloud*, a cloud image: nobody logged in, no password, cloud-init's network."""
+    for unit in MASKED_UNITS:
+        mask = root / "etc/systemd/system" / unit
+        mask.unlink(missing_ok=True)
+        mask.symlink_to("/dev/null")
+    if cloud:
+        # Like a distribution's cloud image: the host name and users come from the seed.
+        (root / "etc/network/interfaces").write_text(_CLOUD_INTERFACES)
+        (root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
+        return
     dropin = root / f"etc/systemd/system/serial-getty@{platform.console}.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "autologin.conf").write_text(_AUTOLOGIN)
@@ -340,10 +390,6 @@ def configure_root(root: Path, platform: Platform) -> None:
     shadow.write_text("".join(lines))
     (root / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (root / "etc/hosts").write_text(_HOSTS)
-    for unit in MASKED_UNITS:
-        mask = root / "etc/systemd/system" / unit
-        mask.unlink(missing_ok=True)
-        mask.symlink_to("/dev/null")
 
 
 def _run_step(name: str, command: list[str], timeout: float, advice: str) -> float:
@@ -369,7 +415,7 @@ def _run_step(name: str, command: list[str], timeout: float, advice: str) -> flo
     return seconds
 
 
-def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
+def _build(work: Path, packages: Sequence[str], platform: Platform, cloud: bool) -> None:
     started = time.monotonic()
     root, out, raw = work / "root", work / "out", work / "disk.raw"
     out.mkdir()
@@ -384,7 +430,7 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         "the packages exist in Debian 12, then run the tests again",
     )
     step = time.monotonic()
-    configure_root(root, platform)
+    configure_root(root, platform, cloud)
     kernel, initramfs = _boot_files(root, platform)
     shutil.copyfile(kernel, out / "vmlinuz")
     shutil.copyfile(initramfs, out / "initrd.img")
@@ -432,6 +478,7 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         "suite": SUITE,
         "architecture": platform.debian_arch,
         "packages": list(packages),
+        "cloud": cloud,
         "kernel_args": list(kernel_args(platform)),
         "kernel_release": kernel.name.removeprefix("vmlinuz-"),
         "sources": sources,
@@ -550,10 +597,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("cache_dir", nargs="?", type=Path, default=default_cache_dir())
     parser.add_argument("--package", action="append", default=[], help="an extra package")
+    parser.add_argument(
+        "--cloud", action="store_true", help="the stand-in for a cloud image (cloud-init, sshd)"
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = CLOUD_PACKAGES if options.cloud else DEFAULT_PACKAGES
+    packages = (*base, *options.package) if options.package else DEFAULT_PACKAGES
     try:
-        image = build_debian_image(options.cache_dir, (*DEFAULT_PACKAGES, *options.package))
+        image = build_debian_image(options.cache_dir, packages, cloud=options.cloud)
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ PLATFORM = AArch64(
     machine_args=("-machine", "virt", "-cpu", "cortex-a57"),
     console="ttyAMA0",
     kernel_package="linux-image-arm64",
+    cloud_kernel_package="linux-image-cloud-arm64",
     compiler="aarch64-linux-gnu-gcc",
     compiler_packages=("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
     aliases=("arm64",),

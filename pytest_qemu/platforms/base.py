@@ -39,6 +39,8 @@ class Platform(abc.ABC):
     compiler: str
     #: Debian packages that provide :attr:`compiler` and its static C library.
     compiler_packages: tuple[str, ...]
+    #: Debian's kernel for cloud VMs (fewer drivers, quicker to boot), if it has one here.
+    cloud_kernel_package: str | None = None
     #: Kernel arguments every guest of this platform gets.
     kernel_args: tuple[str, ...] = ()
     #: The Debian release a foreign guest's kernel and busybox are downloaded from.

@@ -76,6 +76,7 @@ PLATFORM = X86_64(
     machine_args=("-machine", "pc"),
     console="ttyS0",
     kernel_package="linux-image-amd64",
+    cloud_kernel_package="linux-image-cloud-amd64",
     compiler="x86_64-linux-gnu-gcc",
     compiler_packages=("gcc", "libc6-dev"),
     # An emulated CPU starved by a loaded host fails the kernel's early IO-APIC timer

@@ -13,6 +13,7 @@ from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
+from pytest_qemu.guests.cloudinit import CloudInit, cloud_init_setting
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.keywords import check_keywords
@@ -31,9 +32,10 @@ class VMFactory:
     overlap: ``devices``, ``memory`` (MiB), ``cpus``, ``kernel_args`` and
     ``qemu_args``; plus ``arch`` (``"x86_64"``, ``"aarch64"``), ``userland``
     (``"busybox"`` or ``"host"``), ``kernel`` and ``initramfs`` (your own),
-    ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
-    or ``"console"``, and ``credentials`` = ``(user, password)`` for a console
-    login),
+    ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``,
+    ``"console"`` or ``"ssh"``, ``credentials`` = ``(user, password)`` for a console
+    login or ``(user, private_key_file)`` for SSH, and ``cloud_init`` = ``True`` or a
+    :class:`~pytest_qemu.guests.cloudinit.CloudInit` for a seed of the VM's own),
     ``boot_timeout`` (seconds) and ``snapshot`` (``False`` to boot even when
     snapshots are on). Defaults come from the run's ``--qemu-*`` options.
 
@@ -115,6 +117,7 @@ class VMFactory:
         persistent: bool = False,
         channel: str | None = None,
         credentials: tuple[str, str] | None = None,
+        cloud_init: bool | CloudInit | None = None,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
         check_keywords(
@@ -152,12 +155,13 @@ class VMFactory:
                 channel=channel or "qga",
                 persistent=persistent,
                 credentials=credentials,
+                cloud_init=cloud_init_setting(cloud_init),
             )
         else:
-            if channel is not None or persistent or credentials is not None:
+            if channel is not None or persistent or credentials is not None or cloud_init:
                 raise ConfigurationError(
-                    "channel=, persistent= and credentials= are for VMs booting an image: "
-                    "give image= too"
+                    "channel=, persistent=, credentials= and cloud_init= are for VMs booting "
+                    "an image: give image= too"
                 )
             guest = self._guest(arch, userland or settings.userland, kernel_path, initramfs_path)
         platform = guest.platform

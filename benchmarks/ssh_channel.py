@@ -1,0 +1,148 @@
+"""OpenSSH's client over a control master against asyncssh, on one guest's sshd.
+
+Run from a checkout after ./scripts/setup.sh, as root (the image build needs it),
+with asyncssh installed for the comparison (``.venv/bin/pip install asyncssh``):
+
+    .venv/bin/python benchmarks/ssh_channel.py [--round-trips 50] [--megabytes 20]
+
+Boots the stand-in cloud image (cloud-init sets up the user with the session's key)
+with ``channel="ssh"``, then measures in the same run, against the same sshd:
+
+- a login: ``ssh ... true`` without the master (a login and a command), against
+  ``asyncssh.connect``;
+- the round trip of ``true``: the channel's ``vm.run("true")`` (an ``ssh -S``
+  client multiplexed over the master: a host process per command), against
+  ``conn.run("true")`` on an open asyncssh connection (a new session each);
+- the time to move 20 MB of output (``head -c`` from ``/dev/zero``) each way.
+
+The guest's side (sshd forking a session, the user's shell) is the same for both;
+the difference is the host side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from pytest_qemu.cache import default_cache_dir
+from pytest_qemu.channels.sshkeys import session_key
+from pytest_qemu.guests.cloudinit import CloudInit
+from pytest_qemu.guests.image import ImageGuest
+from pytest_qemu.images import build_debian_image
+from pytest_qemu.platforms import get_platform
+from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.vm.machine import VM
+
+MB = 1_000_000
+
+
+def summary(label: str, times: list[float]) -> float:
+    times = sorted(times)
+    median = statistics.median(times)
+    print(
+        f"{label}: median {median * 1000:.1f} ms, min {times[0] * 1000:.1f}, "
+        f"p90 {times[int(len(times) * 0.9)] * 1000:.1f} ({len(times)} runs)"
+    )
+    return median
+
+
+def timed(function: Callable[[], object], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def async_timed(function: Callable[[], Awaitable[object]], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await function()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+async def asyncssh_figures(port: int, user: str, repeat: int, megabytes: int) -> list[float]:
+    import asyncssh
+
+    key = str(session_key().private_key)
+    started = time.perf_counter()
+    connection = await asyncssh.connect(
+        "127.0.0.1", port, username=user, client_keys=[key], known_hosts=None, agent_path=None
+    )
+    login = time.perf_counter() - started
+    async with connection:
+        for _ in range(5):  # warm up, as for the other client
+            await connection.run("true")
+        trips = await async_timed(lambda: connection.run("true"), repeat)
+        started = time.perf_counter()
+        result = await connection.run(f"head -c {megabytes * MB} /dev/zero", encoding=None)
+        output = time.perf_counter() - started
+        assert isinstance(result.stdout, bytes) and len(result.stdout) == megabytes * MB
+    return [login, output, *trips]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round-trips", type=int, default=50)
+    parser.add_argument("--megabytes", type=int, default=20)
+    options = parser.parse_args()
+    platform = get_platform()
+    image = build_debian_image(default_cache_dir(), platform=platform, cloud=True)
+    with tempfile.TemporaryDirectory(prefix="pytest-qemu-ssh-bench-") as scratch:
+        work = Path(scratch)
+        guest = ImageGuest(platform, image.disk, channel="ssh", cloud_init=CloudInit())
+        devices = guest.devices([], work)
+        spec = MachineSpec(kernel=None, devices=devices, platform=platform, memory=512)
+        started = time.monotonic()
+        with VM(spec, log_dir=work / "vm", boot_timeout=900, guest=guest) as vm:
+            print(f"cold boot until SSH logs in (cloud-init's first boot): "
+                  f"{time.monotonic() - started:.1f} s")  # fmt: skip
+            forward = next(arg for arg in vm.argv if "hostfwd=" in arg)
+            port = int(re.search(r"127\.0\.0\.1:(\d+)-", forward).group(1))  # type: ignore[union-attr]
+            fresh_login = [
+                "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "IdentityAgent=none", "-i", str(session_key().private_key),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR", "-o", "ControlPath=none", "-p", str(port),
+                "pytest@127.0.0.1", "true",
+            ]  # fmt: skip
+            login_times = timed(lambda: subprocess.run(fresh_login, check=True), 3)
+            summary("OpenSSH login + `true` without the master", login_times)
+            for _ in range(5):
+                vm.run("true")
+            openssh = summary("OpenSSH (control master), vm.run('true')", timed(
+                lambda: vm.run("true"), options.round_trips))  # fmt: skip
+            started = time.perf_counter()
+            result = vm.run(f"head -c {options.megabytes * MB} /dev/zero")
+            openssh_output = time.perf_counter() - started
+            assert result.stdout_output.size == options.megabytes * MB
+            try:
+                figures = asyncio.run(
+                    asyncssh_figures(port, "pytest", options.round_trips, options.megabytes)
+                )
+            except ImportError:
+                print("asyncssh is not installed: `.venv/bin/pip install asyncssh`")
+                return
+            login, async_output, *trips = figures
+            other = summary("asyncssh, conn.run('true')", trips)
+            print(f"round trip ratio OpenSSH/asyncssh: {openssh / other:.2f}")
+            print(f"asyncssh login: {login * 1000:.1f} ms")
+            print(
+                f"{options.megabytes} MB of output: OpenSSH {openssh_output:.2f} s "
+                f"({options.megabytes / openssh_output:.1f} MB/s), asyncssh "
+                f"{async_output:.2f} s ({options.megabytes / async_output:.1f} MB/s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""A cloud-init seed volume, attached read-only for cloud-init's NoCloud data source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pytest_qemu.devices.base import Device, DeviceContext
+from pytest_qemu.devices.virtio_blk import virtio_disk_args
+
+
+class CloudInitSeed(Device):
+    """The FAT volume *file* (labelled ``CIDATA``) as a read-only virtio disk.
+
+    A seed is read at a guest's first boot only, and each VM's names it (its host
+    name): a VM with one boots instead of being cloned.
+    """
+
+    guest_modules = ("virtio_blk",)
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        return virtio_disk_args(ctx, ctx.id_for(self, "cidata"), self.file, "raw", readonly=True)
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"CloudInitSeed({str(self.file)!r})"
