@@ -15,7 +15,24 @@ import platform as host
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.platforms.foreign import unpacked_root
+
+
+@dataclass(frozen=True)
+class UefiFirmware:
+    """The UEFI firmware Debian ships for a platform, in the files of *package*: the
+    code (flash unit 0, read-only) and the variable store each VM gets a copy of."""
+
+    package: str
+    code: Path
+    variables: Path
+    #: Secure boot: code that enforces it and a variable store with Microsoft's keys
+    #: enrolled (for images booting through shim); None where Debian ships none.
+    secure_code: Path | None = None
+    secure_variables: Path | None = None
+    #: QEMU arguments secure boot needs beyond the flash (x86: SMM, on q35).
+    secure_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,41 @@ class Platform(abc.ABC):
     virtio_modules: tuple[str, ...] = ("virtio_pci",)
     #: The longest kernel command line its kernels take, in bytes (without the NUL).
     command_line_limit: int = 2047
+    #: The UEFI firmware for ``firmware="uefi"``; None where Debian ships none.
+    uefi: UefiFirmware | None = None
+
+    def uefi_kernel(self, image: Path, prepared: Path) -> Path:
+        """Which of the kernel *image* and its faster form *prepared* (from
+        :meth:`prepare_kernel`) the UEFI firmware boots directly: the faster one here."""
+        return prepared
+
+    def uefi_files(self, secure_boot: bool = False) -> tuple[Path, Path, tuple[str, ...]]:
+        """The UEFI code, the variable store to copy, and the extra QEMU arguments; a
+        :class:`ConfigurationError` where there is no such firmware, a
+        :class:`SetupError` naming the package when its files are missing."""
+        firmware = self.uefi
+        if firmware is None:
+            raise ConfigurationError(
+                f"firmware='uefi': pytest-qemu knows no UEFI firmware for {self.name} "
+                "(Debian ships OVMF for x86_64 and AAVMF for aarch64): use firmware='bios'"
+            )
+        code, variables = firmware.code, firmware.variables
+        extra: tuple[str, ...] = ()
+        if secure_boot:
+            if firmware.secure_code is None or firmware.secure_variables is None:
+                raise ConfigurationError(
+                    f"secure_boot=True: Debian ships no UEFI variable store with Microsoft's "
+                    f"keys for {self.name}"
+                )
+            code, variables = firmware.secure_code, firmware.secure_variables
+            extra = firmware.secure_args
+        for path in (code, variables):
+            if not path.is_file():
+                raise SetupError(
+                    f"firmware='uefi' on {self.name} needs {path}, which is missing: install "
+                    f"it with `sudo apt-get install {firmware.package}`"
+                )
+        return code, variables, extra
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here."""

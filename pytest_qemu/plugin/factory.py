@@ -14,6 +14,7 @@ from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.cloudinit import CloudInit, cloud_init_setting
+from pytest_qemu.guests.firmware import check_firmware, uefi_flash
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.keywords import check_keywords
@@ -36,6 +37,8 @@ class VMFactory:
     ``"console"`` or ``"ssh"``, ``credentials`` = ``(user, password)`` for a console
     login or ``(user, private_key_file)`` for SSH, and ``cloud_init`` = ``True`` or a
     :class:`~pytest_qemu.guests.cloudinit.CloudInit` for a seed of the VM's own),
+    ``firmware`` (``"bios"``, QEMU's default, or ``"uefi"``: OVMF or AAVMF, with
+    ``secure_boot=True`` for the variable store with Microsoft's keys),
     ``boot_timeout`` (seconds) and ``snapshot`` (``False`` to boot even when
     snapshots are on). Defaults come from the run's ``--qemu-*`` options.
 
@@ -118,6 +121,8 @@ class VMFactory:
         channel: str | None = None,
         credentials: tuple[str, str] | None = None,
         cloud_init: bool | CloudInit | None = None,
+        firmware: str | None = None,
+        secure_boot: bool = False,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
         check_keywords(
@@ -130,6 +135,7 @@ class VMFactory:
                 "userland": userland,
             }
         )
+        check_firmware(firmware, secure_boot)
         arch = arch if arch is not None else optional_str(self._defaults.get("arch"))
         userland = userland or optional_str(self._defaults.get("userland"))
         vcpus = cpus if cpus is not None else self._defaults.get("cpus", 1)
@@ -166,6 +172,8 @@ class VMFactory:
             guest = self._guest(arch, userland or settings.userland, kernel_path, initramfs_path)
         platform = guest.platform
         all_devices = guest.devices(device_list, log_dir)
+        if firmware == "uefi":
+            all_devices.append(uefi_flash(platform, secure_boot, log_dir))
         boot = guest.boot_files(all_devices)
         spec = MachineSpec(
             kernel=boot.kernel,
