@@ -10,9 +10,10 @@ with ``channel="ssh"``, then measures in the same run, against the same sshd:
 
 - a login: ``ssh ... true`` without the master (a login and a command), against
   ``asyncssh.connect``;
-- the round trip of ``true``: the channel's ``vm.run("true")`` (an ``ssh -S``
-  client multiplexed over the master: a host process per command), against
-  ``conn.run("true")`` on an open asyncssh connection (a new session each);
+- the round trip of ``true``: an ``ssh -S`` client multiplexed over a control
+  master (a host process per command), against ``conn.run("true")`` on an open
+  asyncssh connection (a new session each); then the same with the line the
+  channel really sends (``timeout ... env ... sh -c``), and ``vm.run("true")``;
 - the time to move 20 MB of output (``head -c`` from ``/dev/zero``) each way.
 
 The guest's side (sshd forking a session, the user's shell) is the same for both;
@@ -32,6 +33,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pytest_qemu.cache import default_cache_dir
+from pytest_qemu.channels.base import CommandRequest
+from pytest_qemu.channels.shell import shell_runner
 from pytest_qemu.channels.sshkeys import session_key
 from pytest_qemu.guests.cloudinit import CloudInit
 from pytest_qemu.guests.image import ImageGuest
@@ -84,6 +87,9 @@ async def asyncssh_figures(port: int, user: str, repeat: int, megabytes: int) ->
         for _ in range(5):  # warm up, as for the other client
             await connection.run("true")
         trips = await async_timed(lambda: connection.run("true"), repeat)
+        line = shell_runner(CommandRequest("true"))
+        lines = await async_timed(lambda: connection.run(line), repeat)
+        summary("asyncssh, the channel's line", lines)
         started = time.perf_counter()
         result = await connection.run(f"head -c {megabytes * MB} /dev/zero", encoding=None)
         output = time.perf_counter() - started
@@ -109,19 +115,37 @@ def main() -> None:
                   f"{time.monotonic() - started:.1f} s")  # fmt: skip
             forward = next(arg for arg in vm.argv if "hostfwd=" in arg)
             port = int(re.search(r"127\.0\.0\.1:(\d+)-", forward).group(1))  # type: ignore[union-attr]
-            fresh_login = [
-                "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            options_ = [
+                "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
                 "-o", "IdentityAgent=none", "-i", str(session_key().private_key),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "ControlPath=none", "-p", str(port),
-                "pytest@127.0.0.1", "true",
+                "-o", "LogLevel=ERROR", "-p", str(port), "-l", "pytest",
             ]  # fmt: skip
-            login_times = timed(lambda: subprocess.run(fresh_login, check=True), 3)
-            summary("OpenSSH login + `true` without the master", login_times)
+            fresh = ["ssh", *options_, "-o", "ControlPath=none", "127.0.0.1", "true"]
+            summary("OpenSSH login + `true` without a master", timed(
+                lambda: subprocess.run(fresh, check=True), 3))  # fmt: skip
+            control = work / "ctl"
+            master = subprocess.Popen(
+                ["ssh", *options_, "-M", "-N", "-S", str(control), "127.0.0.1"]
+            )
+            while not control.exists():
+                time.sleep(0.05)
+
+            def mux(command: str) -> None:
+                argv = ["ssh", *options_, "-S", str(control), "127.0.0.1", command]
+                subprocess.run(argv, check=True, capture_output=True)
+
+            line = shell_runner(CommandRequest("true"))
             for _ in range(5):
-                vm.run("true")
-            openssh = summary("OpenSSH (control master), vm.run('true')", timed(
+                mux("true")
+            openssh = summary("OpenSSH client over a control master, `true`", timed(
+                lambda: mux("true"), options.round_trips))  # fmt: skip
+            summary("OpenSSH client over a control master, the channel's line", timed(
+                lambda: mux(line), options.round_trips))  # fmt: skip
+            summary("the channel as built: vm.run('true')", timed(
                 lambda: vm.run("true"), options.round_trips))  # fmt: skip
+            master.terminate()
+            master.wait()
             started = time.perf_counter()
             result = vm.run(f"head -c {options.megabytes * MB} /dev/zero")
             openssh_output = time.perf_counter() - started
@@ -134,7 +158,7 @@ def main() -> None:
                 print("asyncssh is not installed: `.venv/bin/pip install asyncssh`")
                 return
             login, async_output, *trips = figures
-            other = summary("asyncssh, conn.run('true')", trips)
+            other = summary("asyncssh, conn.run('true') on an open connection", trips)
             print(f"round trip ratio OpenSSH/asyncssh: {openssh / other:.2f}")
             print(f"asyncssh login: {login * 1000:.1f} ms")
             print(

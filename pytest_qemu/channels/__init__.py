@@ -51,7 +51,7 @@ CHANNELS: Registry[type[CommandChannel]] = Registry(
             "ssh",
             "pytest_qemu.channels.ssh:SSHChannel",
             "an SSH server in the image, through a forwarded loopback port",
-            options=("credentials", "net_device"),
+            options=("credentials", "port"),
             boot_timeout_hint="the image must run sshd on port 22 with a network interface "
             "configured by DHCP, and let the user log in with the key (credentials=(user, "
             "private_key), or cloud_init= to create the user with the session's key); the "
@@ -65,11 +65,10 @@ def open_channel(name: str, socket_dir: Path, platform: Platform, **options: Any
     """A new, unconnected channel *name* for a VM of *platform*, its sockets in *socket_dir*.
 
     Of *options*, it gets those its entry names; a virtio-serial transport gets
-    the platform's serial bus device, a network one its network device.
+    the platform's serial bus device.
     """
     entry = CHANNELS.entry(name)
     options["serial_bus_device"] = platform.virtio_device("serial")
-    options["net_device"] = platform.virtio_device("net")
     channel: CommandChannel = entry.load()(
         socket_dir, **{key: value for key, value in options.items() if key in entry.options}
     )

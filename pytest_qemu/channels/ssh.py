@@ -1,8 +1,8 @@
 """Commands and files over SSH, for images that run an SSH server.
 
-The VM gets user-mode networking (``-netdev user,restrict=on``: the guest reaches
-nothing outside) with the guest's port 22 forwarded to a port leased for the VM
-on 127.0.0.1 only. The channel speaks OpenSSH's client: one control master per
+The VM's guest has its port 22 forwarded to *port* on 127.0.0.1 (the image guest
+gives the VM :class:`~pytest_qemu.devices.network.SSHForward`: user-mode
+networking, the port leased for the VM). The channel speaks OpenSSH's client: one control master per
 VM logs in with the key given (or the session's key that a cloud-init seed
 installed) and every command is a client multiplexed over it (``-S``), so a
 command costs a new session on an open connection, not a new login. Host keys
@@ -27,8 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from pytest_qemu.allocation import Lease
-from pytest_qemu.allocation.default import default_allocator
 from pytest_qemu.channels.base import (
     REPLY_GRACE,
     AgentGone,
@@ -46,8 +44,6 @@ from pytest_qemu.channels.sshkeys import session_key
 
 #: The user a cloud-init seed creates and the channel logs in as by default.
 DEFAULT_USER = "pytest"
-_NETDEV_ID = "pytest-qemu-ssh"
-_GUEST_PORT = 22
 #: Between login attempts while the guest boots.
 _RETRY_INTERVAL = 1.0
 #: One login attempt's limit for the TCP connection and SSH's banner (the guest's sshd
@@ -57,7 +53,7 @@ _CHUNK = 256 * 1024
 
 
 class SSHChannel(CommandChannel):
-    """Commands over SSH to the guest's port 22, forwarded to a leased loopback port.
+    """Commands over SSH to the guest's port 22, forwarded to *port* on 127.0.0.1.
 
     *credentials* ``(user, private_key)``: log in as *user* with the key file
     *private_key*; None: as :data:`DEFAULT_USER` with the session's key (what a
@@ -68,19 +64,17 @@ class SSHChannel(CommandChannel):
     def __init__(
         self,
         socket_dir: Path,
-        net_device: str = "virtio-net-pci",
+        port: int,
         credentials: tuple[str, str | os.PathLike[str]] | None = None,
     ) -> None:
         if credentials is None:
             self.user, self.key = DEFAULT_USER, session_key().private_key
         else:
             self.user, self.key = credentials[0], Path(credentials[1])
-        self._net_device = net_device
+        #: The loopback port the guest's port 22 is forwarded to.
+        self.port = port
         self.known_hosts = socket_dir / "ssh_known_hosts"
         self._control = socket_dir / "ssh.ctl"
-        self._lease: Lease | None = default_allocator().lease_port("tcp", "SSH forward")
-        #: The loopback port the guest's port 22 is forwarded to.
-        self.port = self._lease.value
         self._master: subprocess.Popen[bytes] | None = None
         self._master_log = socket_dir / "ssh-master.log"
         self._qemu_running: Callable[[], bool] = lambda: True
@@ -88,11 +82,7 @@ class SSHChannel(CommandChannel):
     # -- the transport --------------------------------------------------------------------------
 
     def qemu_args(self) -> list[str]:
-        forward = f"hostfwd=tcp:127.0.0.1:{self.port}-:{_GUEST_PORT}"
-        return [
-            "-netdev", f"user,id={_NETDEV_ID},restrict=on,{forward}",
-            "-device", f"{self._net_device},netdev={_NETDEV_ID}",
-        ]  # fmt: skip
+        return []  # the VM's SSHForward device is the transport
 
     def connect(self, deadline: float, qemu_running: Callable[[], bool]) -> None:
         self._qemu_running = qemu_running  # the login waits in wait_ready
@@ -265,9 +255,6 @@ class SSHChannel(CommandChannel):
     def close(self) -> None:
         self._stop_master()
         self._control.unlink(missing_ok=True)
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
 
 
 def _pump(

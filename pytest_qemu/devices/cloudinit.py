@@ -11,20 +11,22 @@ from pytest_qemu.devices.virtio_blk import virtio_disk_args
 class CloudInitSeed(Device):
     """The FAT volume *file* (labelled ``CIDATA``) as a read-only virtio disk.
 
-    A seed is read at a guest's first boot only, and each VM's names it (its host
-    name): a VM with one boots instead of being cloned.
+    A seed is read at a guest's first boot only. *identity* names its content when
+    it is the same for every VM (its host name and instance id given): VMs with it
+    are clones of one template. None (a seed naming its VM): the VM boots.
     """
 
     guest_modules = ("virtio_blk",)
 
-    def __init__(self, file: Path) -> None:
+    def __init__(self, file: Path, identity: str | None = None) -> None:
         self.file = file
+        self.identity = identity
 
     def qemu_args(self, ctx: DeviceContext) -> list[str]:
         return virtio_disk_args(ctx, ctx.id_for(self, "cidata"), self.file, "raw", readonly=True)
 
     def snapshot_layout(self, ctx: DeviceContext) -> str | None:
-        return None
+        return None if self.identity is None else f"cloud-init:{self.identity}"
 
     def __repr__(self) -> str:
         return f"CloudInitSeed({str(self.file)!r})"

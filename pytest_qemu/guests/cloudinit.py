@@ -82,7 +82,11 @@ def merge_config(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str
 def seed_documents(
     config: CloudInit, public_key: str, hostname: str, instance_id: str
 ) -> dict[str, str]:
-    """The seed's files, ``meta-data`` and ``user-data`` (JSON is YAML: no YAML library)."""
+    """The seed's files, ``meta-data`` and ``user-data`` (JSON is YAML: no YAML library).
+
+    The host name is the meta-data's ``local-hostname`` (*hostname* unless the user's
+    meta-data says otherwise): nothing else in the seed names the VM.
+    """
     user_data = merge_config(
         {
             "users": [
@@ -94,7 +98,6 @@ def seed_documents(
                     "ssh_authorized_keys": [public_key],
                 }
             ],
-            "hostname": hostname,
         },
         config.user_data,
     )

@@ -17,12 +17,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pytest_qemu.cache import file_fingerprint
+from pytest_qemu.cache import cache_key, file_fingerprint
 from pytest_qemu.channels import CHANNELS, open_channel
 from pytest_qemu.channels.base import CommandChannel
 from pytest_qemu.channels.sshkeys import session_key
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.cloudinit import CloudInitSeed
+from pytest_qemu.devices.network import SSHForward
 from pytest_qemu.devices.systemdisk import SystemDisk
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.guests.base import BootFiles, Guest
@@ -91,6 +92,7 @@ class ImageGuest(Guest):
             credentials = (cloud_init.user, str(session_key().private_key))
         self.credentials = credentials
         self.cloud_init = cloud_init
+        self._ssh_forward: SSHForward | None = None
         self._identity = file_fingerprint(image)
 
     def devices(self, requested: Sequence[Device], workdir: Path) -> list[Device]:
@@ -99,13 +101,22 @@ class ImageGuest(Guest):
         else:
             overlay = create_overlay(self.image, self.format, workdir / "system-overlay.qcow2")
             disk = SystemDisk(overlay, "qcow2", self._identity, persistent=False)
+        system: list[Device] = [disk]
+        if self.channel_name == "ssh":
+            self._ssh_forward = SSHForward()
+            system.append(self._ssh_forward)
         if self.cloud_init is None:
-            return [disk, *requested]
-        # A host name and instance of its own: each VM is a new instance to cloud-init.
+            return [*system, *requested]
+        # A host name and instance of its own: each VM is a new instance to cloud-init,
+        # unless the user's meta-data names them (then the VMs can share a template).
         name = f"pytest-qemu-{secrets.token_hex(4)}"
         documents = seed_documents(self.cloud_init, session_key().public_key, name, name)
-        seed = CloudInitSeed(write_seed(workdir / "cidata.img", documents))
-        return [disk, seed, *requested]
+        pinned = {"instance-id", "local-hostname"} <= set(self.cloud_init.meta_data)
+        identity = (
+            cache_key([p for item in sorted(documents.items()) for p in item]) if pinned else None
+        )
+        seed = CloudInitSeed(write_seed(workdir / "cidata.img", documents), identity)
+        return [*system, seed, *requested]
 
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         if self.kernel is None:
@@ -119,9 +130,10 @@ class ImageGuest(Guest):
         )
 
     def channel(self, socket_dir: Path) -> CommandChannel:
-        return open_channel(
-            self.channel_name, socket_dir, self.platform, credentials=self.credentials
-        )
+        options: dict[str, object] = {"credentials": self.credentials}
+        if self._ssh_forward is not None:
+            options["port"] = self._ssh_forward.host_port
+        return open_channel(self.channel_name, socket_dir, self.platform, **options)
 
     @property
     def boot_timeout_hint(self) -> str:

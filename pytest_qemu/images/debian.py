@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,8 @@ CLOUD_PACKAGES: tuple[str, ...] = (
     "syslinux-common",
     "cloud-init",
     "openssh-server",
+    # The UEFI boot loader's binaries (the disk boots through UEFI as well as a BIOS).
+    "systemd-boot-efi",
     # What a seed's user gets (users: sudo: ...), as on Debian's cloud images.
     "sudo",
     "ifupdown",
@@ -437,9 +441,13 @@ def _build(work: Path, packages: Sequence[str], platform: Platform, cloud: bool)
     steps["configure"] = time.monotonic() - step
     step = time.monotonic()
     boot = _boot_partition(work, kernel, initramfs, platform)
+    if cloud:
+        _add_uefi_boot(boot, work, root, platform)
     # The whole disk's size up front: mkfs.ext4 leaves the file short where it writes nothing.
+    # A GPT keeps its backup in the last 33 sectors, after the root partition.
+    disk_sectors = _ROOT_START + _ROOT_BYTES // _SECTOR + (_GPT_SECTORS + 1 if cloud else 0)
     with raw.open("wb") as disk:
-        disk.truncate(_ROOT_START * _SECTOR + _ROOT_BYTES)
+        disk.truncate(disk_sectors * _SECTOR)
     steps["boot partition"] = time.monotonic() - step
     steps["mkfs.ext4"] = _run_step(
         "mkfs.ext4",
@@ -458,9 +466,18 @@ def _build(work: Path, packages: Sequence[str], platform: Platform, cloud: bool)
         _STEP_TIMEOUT,
         f"check the free space in {work.parent} (the raw disk takes {DISK_SIZE} while building)",
     )
-    mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
     with raw.open("r+b") as disk:
-        disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
+        if cloud:
+            # GPT: UEFI boots systemd-boot from the EFI system partition; SYSLINUX's GPT
+            # MBR code boots the same partition (legacy-BIOS-bootable) under a BIOS.
+            gpt_code = (root / "usr/lib/syslinux/mbr/gptmbr.bin").read_bytes()
+            primary, backup = guid_partition_table(gpt_code, disk_sectors)
+            disk.write(primary)
+            disk.seek((disk_sectors - _GPT_SECTORS) * _SECTOR)
+            disk.write(backup)
+        else:
+            mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
+            disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
         disk.seek(_BOOT_START * _SECTOR)
         with boot.open("rb") as partition:
             shutil.copyfileobj(partition, disk)
@@ -530,6 +547,81 @@ def master_boot_record(code: bytes, disk_sectors: int) -> bytes:
         + bytes(32)
         + b"\x55\xaa"
     )
+
+
+#: Sectors of a GPT's partition entries (128 of 128 bytes), plus the header's sector.
+_GPT_SECTORS = 33
+_ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+_LINUX_TYPE = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+#: GPT attribute bit 2: the partition SYSLINUX's gptmbr.bin boots under a BIOS.
+_LEGACY_BIOS_BOOTABLE = 1 << 2
+
+
+def guid_partition_table(code: bytes, disk_sectors: int) -> tuple[bytes, bytes]:
+    """A GPT for a disk of *disk_sectors*: the boot partition as the EFI system partition
+    (also legacy-BIOS-bootable) and the root partition after it. Returns the first 34
+    sectors (protective MBR with *code*, header, entries) and the last 33 (the backups).
+    GUIDs are derived from the layout: the same disk gets the same table."""
+    last = disk_sectors - 1
+
+    def guid(name: str) -> bytes:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"pytest-qemu:{name}").bytes_le
+
+    def entry(kind: uuid.UUID, name: str, first: int, end: int, attributes: int) -> bytes:
+        label = name.encode("utf-16-le").ljust(72, b"\0")
+        return kind.bytes_le + guid(name) + struct.pack("<QQQ", first, end, attributes) + label
+
+    entries = (
+        entry(_ESP_TYPE, "EFI system", _BOOT_START, _ROOT_START - 1, _LEGACY_BIOS_BOOTABLE)
+        + entry(_LINUX_TYPE, "root", _ROOT_START, last - _GPT_SECTORS, 0)
+    ).ljust(128 * 128, b"\0")
+
+    def header(current: int, backup: int, entries_at: int) -> bytes:
+        fields = struct.pack(
+            "<8sIIIIQQQQ16sQIII",
+            b"EFI PART", 0x00010000, 92, 0, 0, current, backup, 34, last - _GPT_SECTORS,
+            guid("disk"), entries_at, 128, 128, zlib.crc32(entries),
+        )  # fmt: skip
+        checksum = zlib.crc32(fields)
+        return (fields[:16] + struct.pack("<I", checksum) + fields[20:]).ljust(_SECTOR, b"\0")
+
+    if len(code) > 440:
+        raise SetupError(f"the GPT MBR boot code is {len(code)} bytes; at most 440 fit")
+    protective = struct.pack("<B3sB3sII", 0, b"\0\x02\0", 0xEE, b"\xff\xff\xff", 1,
+                             min(last, 0xFFFFFFFF))  # fmt: skip
+    mbr = code.ljust(440, b"\0") + bytes(6) + protective + bytes(48) + b"\x55\xaa"
+    primary = mbr + header(1, last, 2) + entries
+    backup = entries + header(last, 1, last - _GPT_SECTORS + 1)
+    return primary, backup
+
+
+def systemd_boot_entry(kernel_args: Sequence[str]) -> dict[str, str]:
+    """systemd-boot's configuration: boot ``vmlinuz`` with ``initrd.img`` at once."""
+    return {
+        "loader/loader.conf": "default debian.conf\ntimeout 0\n",
+        "loader/entries/debian.conf": (
+            f"title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions {' '.join(kernel_args)}\n"
+        ),
+    }
+
+
+def _add_uefi_boot(boot: Path, work: Path, root: Path, platform: Platform) -> None:
+    """Make the boot partition *boot* an EFI system partition too: systemd-boot (from the
+    image's own ``systemd-boot-efi``) as the removable-media boot file, and its entry."""
+    if platform.uefi is None:
+        return
+    arch = platform.uefi.efi_arch
+    loader = root / f"usr/lib/systemd/boot/efi/systemd-boot{arch}.efi"
+    advice = "check that mtools is installed and systemd-boot-efi is among the packages"
+    _run_step("mmd", ["mmd", "-i", str(boot), "::EFI", "::EFI/BOOT", "::loader",
+                      "::loader/entries"], _STEP_TIMEOUT, advice)  # fmt: skip
+    _run_step("mcopy", ["mcopy", "-i", str(boot), str(loader),
+                        f"::EFI/BOOT/BOOT{arch.upper()}.EFI"], _STEP_TIMEOUT, advice)  # fmt: skip
+    for name, text in systemd_boot_entry(kernel_args(platform)).items():
+        source = work / name.replace("/", "_")
+        source.write_text(text)
+        _run_step("mcopy", ["mcopy", "-i", str(boot), str(source), f"::{name}"],
+                  _STEP_TIMEOUT, advice)  # fmt: skip
 
 
 def _boot_partition(work: Path, kernel: Path, initramfs: Path, platform: Platform) -> Path:

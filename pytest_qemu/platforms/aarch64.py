@@ -45,6 +45,7 @@ PLATFORM = AArch64(
         variables=Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
         secure_code=Path("/usr/share/AAVMF/AAVMF_CODE.ms.fd"),
         secure_variables=Path("/usr/share/AAVMF/AAVMF_VARS.ms.fd"),
+        efi_arch="aa64",
     ),
     compiler="aarch64-linux-gnu-gcc",
     compiler_packages=("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),

@@ -33,6 +33,9 @@ class UefiFirmware:
     secure_variables: Path | None = None
     #: QEMU arguments secure boot needs beyond the flash (x86: SMM, on q35).
     secure_args: tuple[str, ...] = ()
+    #: UEFI's name for the architecture in boot file names (``BOOTX64.EFI``,
+    #: ``systemd-bootx64.efi``).
+    efi_arch: str = "x64"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,14 @@ def cloud_image(pytestconfig: pytest.Config) -> DebianImage:
     return build_debian_image(QemuSession.of(pytestconfig).cache_dir, cloud=True)
 
 
+#: Host name and instance id given: every VM gets the same seed, so they share a template.
+SEED = CloudInit(
+    user="tester",
+    user_data={"write_files": [{"path": "/etc/seeded", "content": "yes\n"}]},
+    meta_data={"instance-id": "pinned", "local-hostname": "cloudy"},
+)
+
+
 @pytest.fixture(scope="session")
 def debian(pytestconfig: pytest.Config) -> DebianImage:
     """The Debian test image: no cloud-init, no sshd."""
@@ -51,10 +59,7 @@ def cloud_vm(qemu_session_vm_factory: VMFactory, cloud_image: DebianImage) -> It
     vm = qemu_session_vm_factory(
         image=cloud_image.disk,
         channel="ssh",
-        cloud_init=CloudInit(
-            user="tester",
-            user_data={"write_files": [{"path": "/etc/seeded", "content": "yes\n"}]},
-        ),
+        cloud_init=SEED,
         memory=512,
         boot_timeout=600,
     )
@@ -64,9 +69,23 @@ def cloud_vm(qemu_session_vm_factory: VMFactory, cloud_image: DebianImage) -> It
 
 def test_cloud_init_creates_the_user_with_the_sessions_key(cloud_vm: VM) -> None:
     assert cloud_vm.check("id -un") == "tester\n"
-    assert "pytest-qemu-" in cloud_vm.check("hostname")
+    assert cloud_vm.check("hostname") == "cloudy\n"
     assert cloud_vm.check("cat /etc/seeded") == "yes\n"  # the user's own user-data
     assert cloud_vm.check("sudo -n id -u") == "0\n"
+
+
+def test_clones_of_an_ssh_template_each_have_their_own_port(
+    cloud_vm: VM, qemu_vm_factory: VMFactory, cloud_image: DebianImage
+) -> None:
+    assert cloud_vm.restored_from is not None  # the template was built by this VM
+    clone = qemu_vm_factory(
+        image=cloud_image.disk, channel="ssh", cloud_init=SEED, memory=512, boot_timeout=600
+    )
+    assert clone.restored_from == cloud_vm.restored_from
+    assert forwarded_port(clone) != forwarded_port(cloud_vm)
+    clone.check("touch /tmp/only-in-the-clone")
+    assert cloud_vm.run("test -e /tmp/only-in-the-clone").returncode == 1
+    assert clone.check("id -un") == "tester\n"
 
 
 def test_commands_over_ssh(cloud_vm: VM, tmp_path: Path) -> None:
@@ -110,8 +129,8 @@ def test_a_wrong_key_or_user_is_a_clear_error_in_time(
         else session_key().private_key
     )
     user = "tester" if wrong == "key" else "nobody"
-    channel = SSHChannel(tmp_path, credentials=(user, key))
-    channel.port = forwarded_port(cloud_vm)  # the running VM's sshd, with these credentials
+    # The running VM's sshd, with these credentials.
+    channel = SSHChannel(tmp_path, forwarded_port(cloud_vm), credentials=(user, key))
     started = time.monotonic()
     try:
         with pytest.raises(NoReply) as error:

@@ -16,6 +16,7 @@ from pytest_qemu.channels.ssh import SSHChannel
 from pytest_qemu.channels.sshkeys import session_key
 from pytest_qemu.devices.base import DeviceContext
 from pytest_qemu.devices.cloudinit import CloudInitSeed
+from pytest_qemu.devices.network import SSHForward
 from pytest_qemu.guests.cloudinit import (
     cloud_init_setting,
     merge_config,
@@ -49,24 +50,34 @@ def test_the_session_key_is_private_and_outside_home() -> None:
     assert session_key() is key
 
 
-def test_the_ssh_channel_forwards_port_22_on_loopback_only(tmp_path: Path) -> None:
-    channel = open_channel("ssh", tmp_path, get_platform())
-    assert isinstance(channel, SSHChannel)
+def test_the_ssh_forward_is_on_loopback_only_and_leased(tmp_path: Path) -> None:
+    forward, other = SSHForward(), SSHForward()
     try:
-        args = channel.qemu_args()
+        args = forward.qemu_args(DeviceContext(get_platform()))
         netdev = args[args.index("-netdev") + 1]
-        assert f"hostfwd=tcp:127.0.0.1:{channel.port}-:22" in netdev
+        assert f"hostfwd=tcp:127.0.0.1:{forward.host_port}-:22" in netdev
         assert "restrict=on" in netdev
         assert args[args.index("-device") + 1].startswith(get_platform().virtio_device("net"))
-        client = channel.client_argv("true")
-        assert client[1:3] == ["-F", "/dev/null"]
-        assert f"UserKnownHostsFile={tmp_path / 'ssh_known_hosts'}" in client
-        other = open_channel("ssh", tmp_path / "x", get_platform())
-        assert isinstance(other, SSHChannel) and other.port != channel.port
-        other.close()
+        assert other.host_port != forward.host_port
+        # The port is the host's side only: clones of one template each get their own.
+        assert forward.snapshot_layout(DeviceContext()) == other.snapshot_layout(DeviceContext())
     finally:
-        channel.close()
-    channel.close()  # idempotent
+        forward.release()
+        other.release()
+    forward.release()  # idempotent
+
+
+def test_the_ssh_client_reads_nothing_of_the_users_ssh_setup(tmp_path: Path) -> None:
+    channel = open_channel("ssh", tmp_path, get_platform(), port=2222, credentials=None)
+    assert isinstance(channel, SSHChannel)
+    client = channel.client_argv("true")
+    assert client[1:3] == ["-F", "/dev/null"]
+    assert f"UserKnownHostsFile={tmp_path / 'ssh_known_hosts'}" in client
+    assert "IdentityAgent=none" in client and "IdentitiesOnly=yes" in client
+    assert f"IdentityFile={session_key().private_key}" in client
+    assert client[-2:] == ["127.0.0.1", "true"] and "2222" in client
+    assert channel.qemu_args() == []
+    channel.close()
 
 
 def test_user_data_is_merged_into_the_seeds() -> None:
