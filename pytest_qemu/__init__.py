@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         VMError,
         VMExited,
     )
+    from pytest_qemu.guests.cloudinit import CloudInit
     from pytest_qemu.platforms import Platform
     from pytest_qemu.plugin.factory import VMFactory
     from pytest_qemu.plugin.options import QemuSettings
