@@ -101,12 +101,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=50)
     parser.add_argument("--megabytes", type=int, default=20)
+    parser.add_argument(
+        "--image", type=Path, help="a cloud image of your own (default: the stand-in)"
+    )
     options = parser.parse_args()
     platform = get_platform()
-    image = build_debian_image(default_cache_dir(), platform=platform, cloud=True)
+    disk = options.image or build_debian_image(default_cache_dir(), cloud=True).disk
     with tempfile.TemporaryDirectory(prefix="pytest-qemu-ssh-bench-") as scratch:
         work = Path(scratch)
-        guest = ImageGuest(platform, image.disk, channel="ssh", cloud_init=CloudInit())
+        guest = ImageGuest(platform, disk, channel="ssh", cloud_init=CloudInit())
         devices = guest.devices([], work)
         spec = MachineSpec(kernel=None, devices=devices, platform=platform, memory=512)
         started = time.monotonic()

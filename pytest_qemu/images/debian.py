@@ -188,7 +188,7 @@ def image_key(packages: Sequence[str], platform: Platform, cloud: bool = False) 
     return cache_key(
         [
             f"format {FORMAT_VERSION}",
-            *(["cloud", _CLOUD_INTERFACES] if cloud else []),
+            *(["cloud", _CLOUD_INTERFACES, *platform.kernel_args] if cloud else []),
             SUITE,
             platform.debian_arch,
             DISK_SIZE,
@@ -440,9 +440,12 @@ def _build(work: Path, packages: Sequence[str], platform: Platform, cloud: bool)
     shutil.copyfile(initramfs, out / "initrd.img")
     steps["configure"] = time.monotonic() - step
     step = time.monotonic()
-    boot = _boot_partition(work, kernel, initramfs, platform)
+    # A disk the firmware boots gives the kernel the platform's own arguments too: under a
+    # loaded host the kernel's IO-APIC timer check fails without them ("MP-BIOS bug").
+    arguments = (*kernel_args(platform), *(platform.kernel_args if cloud else ()))
+    boot = _boot_partition(work, kernel, initramfs, arguments)
     if cloud:
-        _add_uefi_boot(boot, work, root, platform)
+        _add_uefi_boot(boot, work, root, platform, arguments)
     # The whole disk's size up front: mkfs.ext4 leaves the file short where it writes nothing.
     # A GPT keeps its backup in the last 33 sectors, after the root partition.
     disk_sectors = _ROOT_START + _ROOT_BYTES // _SECTOR + (_GPT_SECTORS + 1 if cloud else 0)
@@ -605,7 +608,9 @@ def systemd_boot_entry(kernel_args: Sequence[str]) -> dict[str, str]:
     }
 
 
-def _add_uefi_boot(boot: Path, work: Path, root: Path, platform: Platform) -> None:
+def _add_uefi_boot(
+    boot: Path, work: Path, root: Path, platform: Platform, arguments: Sequence[str]
+) -> None:
     """Make the boot partition *boot* an EFI system partition too: systemd-boot (from the
     image's own ``systemd-boot-efi``) as the removable-media boot file, and its entry."""
     if platform.uefi is None:
@@ -617,19 +622,19 @@ def _add_uefi_boot(boot: Path, work: Path, root: Path, platform: Platform) -> No
                       "::loader/entries"], _STEP_TIMEOUT, advice)  # fmt: skip
     _run_step("mcopy", ["mcopy", "-i", str(boot), str(loader),
                         f"::EFI/BOOT/BOOT{arch.upper()}.EFI"], _STEP_TIMEOUT, advice)  # fmt: skip
-    for name, text in systemd_boot_entry(kernel_args(platform)).items():
+    for name, text in systemd_boot_entry(arguments).items():
         source = work / name.replace("/", "_")
         source.write_text(text)
         _run_step("mcopy", ["mcopy", "-i", str(boot), str(source), f"::{name}"],
                   _STEP_TIMEOUT, advice)  # fmt: skip
 
 
-def _boot_partition(work: Path, kernel: Path, initramfs: Path, platform: Platform) -> Path:
+def _boot_partition(work: Path, kernel: Path, initramfs: Path, arguments: Sequence[str]) -> Path:
     """The FAT16 boot partition's file system, with the kernel, initramfs and SYSLINUX
     (made with mtools: no mount). Its hidden-sectors field says where it starts."""
     boot = work / "boot.img"
     config = work / "syslinux.cfg"
-    config.write_text(syslinux_config(kernel_args(platform)))
+    config.write_text(syslinux_config(arguments))
     advice = "check that syslinux, mtools and dosfstools are installed (./scripts/setup.sh)"
     kilobytes = str(_BOOT_SECTORS * _SECTOR // 1024)
     for name, command in (

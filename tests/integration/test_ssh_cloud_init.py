@@ -54,12 +54,13 @@ def forwarded_port(vm: VM) -> int:
 
 @pytest.fixture(scope="module")
 def cloud_vm(qemu_session_vm_factory: VMFactory, cloud_image: DebianImage) -> Iterator[VM]:
-    """One VM of the cloud image, set up by cloud-init, reached over SSH (shared: a first
-    boot with cloud-init takes about a minute under emulation)."""
+    """One VM of the cloud image, booted by UEFI firmware alone, set up by cloud-init,
+    reached over SSH (shared: a first boot with cloud-init takes minutes under emulation)."""
     vm = qemu_session_vm_factory(
         image=cloud_image.disk,
         channel="ssh",
         cloud_init=SEED,
+        firmware="uefi",
         memory=512,
         boot_timeout=600,
     )
@@ -74,12 +75,22 @@ def test_cloud_init_creates_the_user_with_the_sessions_key(cloud_vm: VM) -> None
     assert cloud_vm.check("sudo -n id -u") == "0\n"
 
 
+def test_the_cloud_image_booted_through_uefi_by_itself(cloud_vm: VM) -> None:
+    assert cloud_vm.run("test -d /sys/firmware/efi").returncode == 0
+    assert "-kernel" not in cloud_vm.argv
+
+
 def test_clones_of_an_ssh_template_each_have_their_own_port(
     cloud_vm: VM, qemu_vm_factory: VMFactory, cloud_image: DebianImage
 ) -> None:
     assert cloud_vm.restored_from is not None  # the template was built by this VM
     clone = qemu_vm_factory(
-        image=cloud_image.disk, channel="ssh", cloud_init=SEED, memory=512, boot_timeout=600
+        image=cloud_image.disk,
+        channel="ssh",
+        cloud_init=SEED,
+        firmware="uefi",
+        memory=512,
+        boot_timeout=600,
     )
     assert clone.restored_from == cloud_vm.restored_from
     assert forwarded_port(clone) != forwarded_port(cloud_vm)
