@@ -145,10 +145,10 @@ def test_a_wrong_key_or_user_is_a_clear_error_in_time(
     started = time.monotonic()
     try:
         with pytest.raises(NoReply) as error:
-            channel.wait_ready(time.monotonic() + 30)
+            channel.wait_ready(time.monotonic() + 15)
     finally:
         channel.close()
-    assert time.monotonic() - started < 30 + 20
+    assert time.monotonic() - started < 15 + 25
     message = str(error.value)
     assert f"127.0.0.1:{channel.port}" in message and repr(user) in message
     assert "Permission denied" in message
