@@ -1,4 +1,7 @@
-"""firmware="uefi": the default guest booted by OVMF/AAVMF, each VM with its own variables."""
+"""firmware="uefi": the default guest booted by OVMF/AAVMF, each VM with its own variables.
+
+Runs on each architecture of the integration tests (``arch`` from conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,6 @@ from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.vm
-
-
-@pytest.fixture(scope="module")
-def arch() -> str:
-    # AAVMF under TCG takes much longer to start than OVMF: x86_64 alone keeps CI short.
-    return "x86_64"
 
 
 @pytest.fixture
