@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from pytest_qemu import CloudInit, ConfigurationError
 from pytest_qemu.channels import open_channel
-from pytest_qemu.channels.base import CommandRequest
+from pytest_qemu.channels.base import ChannelClosed, CommandRequest, NoReply
 from pytest_qemu.channels.shell import shell_runner
 from pytest_qemu.channels.ssh import SSHChannel
 from pytest_qemu.channels.sshkeys import session_key
@@ -133,3 +134,22 @@ def test_ssh_without_credentials_or_cloud_init_is_refused(tmp_path: Path) -> Non
         ImageGuest(get_platform(), image, channel="ssh")
     with pytest.raises(ConfigurationError, match="does not exist"):
         ImageGuest(get_platform(), image, channel="ssh", credentials=("u", str(tmp_path / "k")))
+
+
+def test_nothing_answering_on_the_port_is_no_reply_naming_it(tmp_path: Path) -> None:
+    forward = SSHForward()  # a leased port nothing listens on
+    channel = SSHChannel(tmp_path, forward.host_port)
+    try:
+        channel.connect(time.monotonic() + 1, lambda: True)
+        started = time.monotonic()
+        with pytest.raises(NoReply) as error:
+            channel.wait_ready(time.monotonic() + 3)
+        assert time.monotonic() - started < 3 + 5
+        assert f"127.0.0.1:{forward.host_port} (the guest's port 22)" in str(error.value)
+        assert "Connection refused" in str(error.value)
+        channel.connect(time.monotonic() + 1, lambda: False)
+        with pytest.raises(ChannelClosed, match="QEMU exited"):
+            channel.wait_ready(time.monotonic() + 3)
+    finally:
+        channel.close()
+        forward.release()
