@@ -68,16 +68,12 @@ def test_the_ssh_forward_is_on_loopback_only_and_leased(tmp_path: Path) -> None:
     forward.release()  # idempotent
 
 
-def test_the_ssh_client_reads_nothing_of_the_users_ssh_setup(tmp_path: Path) -> None:
+def test_the_ssh_channel_logs_in_with_the_sessions_key_by_default(tmp_path: Path) -> None:
     channel = open_channel("ssh", tmp_path, get_platform(), port=2222, credentials=None)
     assert isinstance(channel, SSHChannel)
-    client = channel.client_argv("true")
-    assert client[1:3] == ["-F", "/dev/null"]
-    assert f"UserKnownHostsFile={tmp_path / 'ssh_known_hosts'}" in client
-    assert "IdentityAgent=none" in client and "IdentitiesOnly=yes" in client
-    assert f"IdentityFile={session_key().private_key}" in client
-    assert client[-2:] == ["127.0.0.1", "true"] and "2222" in client
-    assert channel.qemu_args() == []
+    assert (channel.user, channel.key, channel.port) == ("pytest", session_key().private_key, 2222)
+    assert channel.known_hosts == tmp_path / "ssh_known_hosts"
+    assert channel.qemu_args() == []  # the SSHForward device is the transport
     channel.close()
 
 
