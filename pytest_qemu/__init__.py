@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         VMError,
         VMExited,
     )
+    from pytest_qemu.guests.cloudinit import CloudInit
     from pytest_qemu.platforms import Platform, architectures
     from pytest_qemu.plugin.factory import VMFactory
     from pytest_qemu.plugin.options import QemuSettings
@@ -87,6 +88,7 @@ _EXPORTS = {
     "Platform": "pytest_qemu.platforms",
     "architectures": "pytest_qemu.platforms",
     "VMFactory": "pytest_qemu.plugin.factory",
+    "CloudInit": "pytest_qemu.guests.cloudinit",
     "QemuSettings": "pytest_qemu.plugin.options",
     "VM": "pytest_qemu.vm",
     "CommandResult": "pytest_qemu.vm",
@@ -111,6 +113,7 @@ __all__ = [
     "BootTimeout",
     "CacheFull",
     "CacheWarning",
+    "CloudInit",
     "CommandFailed",
     "CommandOutput",
     "CommandRefused",

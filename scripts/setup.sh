@@ -4,7 +4,8 @@
 #   firmware (OpenSBI, OVMF, AAVMF), the host's kernel, busybox-static and a C
 #   cross compiler per architecture (the guest agent is compiled for each) from apt, and mmdebstrap
 #   and e2fsprogs, which build the Debian test image (pytest_qemu/images/), and
-#   syslinux, mtools and dosfstools, which make a disk that boots by itself;
+#   syslinux, mtools and dosfstools, which make a disk that boots by itself (and
+#   cloud-init seeds), and OpenSSH's client (channel="ssh", the session's key pair);
 # - nothing foreign: the first aarch64 VM downloads Debian's arm64 kernel and
 #   busybox through a private apt configuration (the host's apt is never changed;
 #   `python -m pytest_qemu fetch --arch all` does it ahead);
@@ -23,7 +24,7 @@ packages=(
     gcc-i686-linux-gnu libc6-dev-i386-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross
     gcc-mips64el-linux-gnuabi64 libc6-dev-mips64el-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-    mmdebstrap e2fsprogs syslinux mtools dosfstools
+    mmdebstrap e2fsprogs syslinux mtools dosfstools openssh-client
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -47,6 +47,16 @@ CHANNELS: Registry[type[CommandChannel]] = Registry(
             "behind a login prompt that credentials=(user, password) answers; the console "
             f"tail shows it; {troubleshooting('an-image-does-not-boot')}",
         ),
+        Entry(
+            "ssh",
+            "pytest_qemu.channels.ssh:SSHChannel",
+            "an SSH server in the image, through a forwarded loopback port",
+            options=("credentials", "port"),
+            boot_timeout_hint="the image must run sshd on port 22 with a network interface "
+            "configured by DHCP, and let the user log in with the key (credentials=(user, "
+            "private_key), or cloud_init= to create the user with the session's key); the "
+            f"console tail shows how far it got; {troubleshooting('an-image-does-not-boot')}",
+        ),
     ],
 )
 

@@ -33,6 +33,7 @@ from pytest_qemu.channels.base import (
     RequestRefused,
 )
 from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
+from pytest_qemu.channels.shell import shell_runner, timed_out
 from pytest_qemu.sockets import connect_unix
 
 _PROBE_INTERVAL = 1.0
@@ -146,16 +147,7 @@ class ConsoleChannel(CommandChannel):
         limit = request.memory_limit or DEFAULT_MEMORY_LIMIT
         stdout = CommandOutput(limit, request.spill_dir)
         stderr = CommandOutput(limit, request.spill_dir)
-        command = request.command
-        if request.cwd:
-            command = f"cd {shlex.quote(request.cwd)} || exit 126\n{command}"
-        environment = " ".join(
-            shlex.quote(f"{name}={value}") for name, value in request.env.items()
-        )
-        runner = f"env {environment} sh -c {shlex.quote(command)}"
-        if request.timeout is not None:
-            seconds = max(1, round(request.timeout))
-            runner = f"timeout -s KILL {seconds} {runner}"
+        runner = shell_runner(request)
         # A terminal reads at most 4095 characters a line: base64 in short lines.
         stdin = base64.encodebytes(request.stdin).decode().rstrip("\n")
         script = (
@@ -185,7 +177,7 @@ class ConsoleChannel(CommandChannel):
                 f"something else printed on the console while it ran: {text[-300:]!r}"
             ) from None
         result = CommandResult(request.command, status, stdout, stderr, time.monotonic() - started)
-        if request.timeout is not None and status == 137 and result.duration >= request.timeout:
+        if timed_out(request, status, result.duration):
             raise CommandTimedOut(result)
         return result
 

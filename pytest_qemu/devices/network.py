@@ -267,3 +267,46 @@ class UserNetwork(Device):
 
     def __repr__(self) -> str:
         return f"UserNetwork(forwards={list(self.forwards)})"
+
+
+class SSHForward(Device):
+    """The network an SSH channel reaches a guest through: QEMU user networking
+    (``restrict=on``: the guest reaches nothing outside), the guest configuring its
+    interface by DHCP, and the guest's port 22 forwarded to :attr:`host_port` on
+    ``127.0.0.1``, leased for the VM until :meth:`release`.
+
+    The host port is no part of what the guest sees: a template's clones share it
+    and each gets a forwarded port of its own.
+    """
+
+    guest_modules = ("virtio_net",)
+    guest_port = 22
+
+    def __init__(self, allocator: Allocator | None = None) -> None:
+        self._lease: Lease | None = (allocator or _default_allocator()).lease_port(
+            "tcp", "SSH forward to guest port 22"
+        )
+        #: The port on ``127.0.0.1`` that reaches the guest's port 22.
+        self.host_port = self._lease.value
+
+    def qemu_args(self, ctx: DeviceContext) -> list[str]:
+        netdev = ctx.id_for(self, "ssh")
+        forward = f"hostfwd=tcp:127.0.0.1:{self.host_port}-:{self.guest_port}"
+        head = option_string("user", id=netdev, restrict=True)
+        return [
+            "-netdev",
+            f"{head},{forward}",
+            "-device",
+            option_string(ctx.virtio_device("net"), netdev=netdev),
+        ]
+
+    def snapshot_layout(self, ctx: DeviceContext) -> str | None:
+        return "ssh-forward"
+
+    def release(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+
+    def __repr__(self) -> str:
+        return f"SSHForward(127.0.0.1:{self.host_port})"

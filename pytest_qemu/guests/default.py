@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from pytest_qemu.cache import BuildCache, cache_key, file_fingerprint
 from pytest_qemu.devices.base import Device
+from pytest_qemu.devices.firmware import UefiFlash
 from pytest_qemu.errors import CacheFull, CacheWarning
 from pytest_qemu.guests.agent import AgentGuest
 from pytest_qemu.guests.agent_build import build_agent
@@ -105,9 +106,11 @@ class DefaultGuest(AgentGuest):
 
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         modules = [module for device in devices for module in device.guest_modules]
-        return BootFiles(
-            self.kernel_image(), self.initramfs(modules), default_kernel_args(self.platform)
-        )
+        kernel = self.kernel_image()
+        if any(isinstance(device, UefiFlash) for device in devices):
+            # The firmware boots the kernel itself (its EFI stub), in a form it can load.
+            kernel = self.platform.uefi_kernel(self.host_kernel.image, kernel)
+        return BootFiles(kernel, self.initramfs(modules), default_kernel_args(self.platform))
 
     def kernel_image(self) -> Path:
         """The kernel to boot: the platform's faster form if it has one, else the image."""

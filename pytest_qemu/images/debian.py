@@ -33,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,9 +56,37 @@ DEFAULT_PACKAGES: tuple[str, ...] = (
     # The boot loader's MBR code and modules: the disk boots by itself through SYSLINUX.
     "syslinux-common",
 )
+#: A stand-in for a distribution's cloud image (Debian's genericcloud): no user, no password,
+#: no key; cloud-init sets them from a seed at first boot and tests reach it over SSH.
+#: ``ifupdown`` and ``isc-dhcp-client``: the network cloud-init configures (it writes the
+#: interface's DHCP stanza into ``/etc/network/interfaces.d``).
+CLOUD_PACKAGES: tuple[str, ...] = (
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "syslinux-common",
+    "cloud-init",
+    "openssh-server",
+    # The UEFI boot loader's binaries (the disk boots through UEFI as well as a BIOS).
+    "systemd-boot-efi",
+    # What a seed's user gets (users: sudo: ...), as on Debian's cloud images.
+    "sudo",
+    "ifupdown",
+    "isc-dhcp-client",
+)
 SUITE = "bookworm"
 #: Bump when the recipe changes in a way the key below does not capture.
 FORMAT_VERSION = 3
+#: The network configuration of a cloud image: cloud-init's stanzas are read from the
+#: directory it writes them to.
+_CLOUD_INTERFACES = """\
+# pytest-qemu: cloud-init writes the interfaces' stanzas here.
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+"""
 #: The root partition's size; the boot partition (FAT16) comes before it.
 DISK_SIZE = "2G"
 _ROOT_BYTES = 2 * 1024**3
@@ -153,11 +183,12 @@ class DebianImage:
     disk_size: int
 
 
-def image_key(packages: Sequence[str], platform: Platform) -> str:
+def image_key(packages: Sequence[str], platform: Platform, cloud: bool = False) -> str:
     """The cache key of an image: everything that decides its content."""
     return cache_key(
         [
             f"format {FORMAT_VERSION}",
+            *(["cloud", _CLOUD_INTERFACES, *platform.kernel_args] if cloud else []),
             SUITE,
             platform.debian_arch,
             DISK_SIZE,
@@ -176,19 +207,32 @@ def build_debian_image(
     cache_dir: Path | None = None,
     packages: Sequence[str] = DEFAULT_PACKAGES,
     platform: Platform | None = None,
+    *,
+    cloud: bool = False,
 ) -> DebianImage:
     """Return the cached Debian image of *platform* (the host's architecture if None) with
     *packages* and the platform's kernel, building it first if needed.
+
+    *cloud*: a stand-in for a distribution's cloud image instead (*packages* default to
+    :data:`CLOUD_PACKAGES`, the platform's cloud kernel): no login on the console, no
+    password, no key, and cloud-init to set them at first boot (``cloud_init=`` on the
+    factory gives it a seed).
 
     Raises :class:`~pytest_qemu.errors.SetupError`, saying what to run, when a
     tool is missing, the build is not run as root or the mirror cannot be reached.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     platform = platform or get_platform()
-    packages = tuple(dict.fromkeys((*packages, platform.kernel_package)))
+    kernel = platform.kernel_package
+    if cloud:
+        packages = CLOUD_PACKAGES if packages is DEFAULT_PACKAGES else packages
+        kernel = platform.cloud_kernel_package or kernel
+    packages = tuple(dict.fromkeys((*packages, kernel)))
     _check_packages(packages)
     images = cache_dir / "images"
-    final = images / f"debian-{SUITE}-{platform.debian_arch}-{image_key(packages, platform)}"
+    kind = "debian-cloud" if cloud else "debian"
+    key = image_key(packages, platform, cloud)
+    final = images / f"{kind}-{SUITE}-{platform.debian_arch}-{key}"
     if (final / _MANIFEST).exists():
         return _load(final)
     images.mkdir(parents=True, exist_ok=True)
@@ -205,7 +249,7 @@ def build_debian_image(
         # apt downloads as its unprivileged user, which must reach the tree being built.
         work.chmod(0o755)
         try:
-            _build(work, packages, platform)
+            _build(work, packages, platform, cloud)
             # One rename publishes the whole directory: nobody sees half an image.
             os.rename(work / "out", final)
         finally:
@@ -325,8 +369,18 @@ def mmdebstrap_command(
     ]
 
 
-def configure_root(root: Path, platform: Platform) -> None:
-    """Make the installed system *root* a test VM: autologin, no password, fast boot."""
+def configure_root(root: Path, platform: Platform, cloud: bool = False) -> None:
+    """Make the installed system *root* a test VM: autologin, no password, fast boot; or,
+    *cloud*, a cloud image: nobody logged in, no password, cloud-init's network."""
+    for unit in MASKED_UNITS:
+        mask = root / "etc/systemd/system" / unit
+        mask.unlink(missing_ok=True)
+        mask.symlink_to("/dev/null")
+    if cloud:
+        # Like a distribution's cloud image: the host name and users come from the seed.
+        (root / "etc/network/interfaces").write_text(_CLOUD_INTERFACES)
+        (root / "etc/network/interfaces.d").mkdir(parents=True, exist_ok=True)
+        return
     dropin = root / f"etc/systemd/system/serial-getty@{platform.console}.service.d"
     dropin.mkdir(parents=True, exist_ok=True)
     (dropin / "autologin.conf").write_text(_AUTOLOGIN)
@@ -340,10 +394,6 @@ def configure_root(root: Path, platform: Platform) -> None:
     shadow.write_text("".join(lines))
     (root / "etc/hostname").write_text(f"{HOSTNAME}\n")
     (root / "etc/hosts").write_text(_HOSTS)
-    for unit in MASKED_UNITS:
-        mask = root / "etc/systemd/system" / unit
-        mask.unlink(missing_ok=True)
-        mask.symlink_to("/dev/null")
 
 
 def _run_step(name: str, command: list[str], timeout: float, advice: str) -> float:
@@ -369,7 +419,7 @@ def _run_step(name: str, command: list[str], timeout: float, advice: str) -> flo
     return seconds
 
 
-def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
+def _build(work: Path, packages: Sequence[str], platform: Platform, cloud: bool) -> None:
     started = time.monotonic()
     root, out, raw = work / "root", work / "out", work / "disk.raw"
     out.mkdir()
@@ -384,16 +434,23 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         "the packages exist in Debian 12, then run the tests again",
     )
     step = time.monotonic()
-    configure_root(root, platform)
+    configure_root(root, platform, cloud)
     kernel, initramfs = _boot_files(root, platform)
     shutil.copyfile(kernel, out / "vmlinuz")
     shutil.copyfile(initramfs, out / "initrd.img")
     steps["configure"] = time.monotonic() - step
     step = time.monotonic()
-    boot = _boot_partition(work, kernel, initramfs, platform)
+    # A disk the firmware boots gives the kernel the platform's own arguments too: under a
+    # loaded host the kernel's IO-APIC timer check fails without them ("MP-BIOS bug").
+    arguments = (*kernel_args(platform), *(platform.kernel_args if cloud else ()))
+    boot = _boot_partition(work, kernel, initramfs, arguments)
+    if cloud:
+        _add_uefi_boot(boot, work, root, platform, arguments)
     # The whole disk's size up front: mkfs.ext4 leaves the file short where it writes nothing.
+    # A GPT keeps its backup in the last 33 sectors, after the root partition.
+    disk_sectors = _ROOT_START + _ROOT_BYTES // _SECTOR + (_GPT_SECTORS + 1 if cloud else 0)
     with raw.open("wb") as disk:
-        disk.truncate(_ROOT_START * _SECTOR + _ROOT_BYTES)
+        disk.truncate(disk_sectors * _SECTOR)
     steps["boot partition"] = time.monotonic() - step
     steps["mkfs.ext4"] = _run_step(
         "mkfs.ext4",
@@ -412,9 +469,18 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         _STEP_TIMEOUT,
         f"check the free space in {work.parent} (the raw disk takes {DISK_SIZE} while building)",
     )
-    mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
     with raw.open("r+b") as disk:
-        disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
+        if cloud:
+            # GPT: UEFI boots systemd-boot from the EFI system partition; SYSLINUX's GPT
+            # MBR code boots the same partition (legacy-BIOS-bootable) under a BIOS.
+            gpt_code = (root / "usr/lib/syslinux/mbr/gptmbr.bin").read_bytes()
+            primary, backup = guid_partition_table(gpt_code, disk_sectors)
+            disk.write(primary)
+            disk.seek((disk_sectors - _GPT_SECTORS) * _SECTOR)
+            disk.write(backup)
+        else:
+            mbr_code = (root / "usr/lib/syslinux/mbr/mbr.bin").read_bytes()
+            disk.write(master_boot_record(mbr_code, _ROOT_START + _ROOT_BYTES // _SECTOR))
         disk.seek(_BOOT_START * _SECTOR)
         with boot.open("rb") as partition:
             shutil.copyfileobj(partition, disk)
@@ -432,6 +498,7 @@ def _build(work: Path, packages: Sequence[str], platform: Platform) -> None:
         "suite": SUITE,
         "architecture": platform.debian_arch,
         "packages": list(packages),
+        "cloud": cloud,
         "kernel_args": list(kernel_args(platform)),
         "kernel_release": kernel.name.removeprefix("vmlinuz-"),
         "sources": sources,
@@ -485,12 +552,89 @@ def master_boot_record(code: bytes, disk_sectors: int) -> bytes:
     )
 
 
-def _boot_partition(work: Path, kernel: Path, initramfs: Path, platform: Platform) -> Path:
+#: Sectors of a GPT's partition entries (128 of 128 bytes), plus the header's sector.
+_GPT_SECTORS = 33
+_ESP_TYPE = uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+_LINUX_TYPE = uuid.UUID("0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+#: GPT attribute bit 2: the partition SYSLINUX's gptmbr.bin boots under a BIOS.
+_LEGACY_BIOS_BOOTABLE = 1 << 2
+
+
+def guid_partition_table(code: bytes, disk_sectors: int) -> tuple[bytes, bytes]:
+    """A GPT for a disk of *disk_sectors*: the boot partition as the EFI system partition
+    (also legacy-BIOS-bootable) and the root partition after it. Returns the first 34
+    sectors (protective MBR with *code*, header, entries) and the last 33 (the backups).
+    GUIDs are derived from the layout: the same disk gets the same table."""
+    last = disk_sectors - 1
+
+    def guid(name: str) -> bytes:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"pytest-qemu:{name}").bytes_le
+
+    def entry(kind: uuid.UUID, name: str, first: int, end: int, attributes: int) -> bytes:
+        label = name.encode("utf-16-le").ljust(72, b"\0")
+        return kind.bytes_le + guid(name) + struct.pack("<QQQ", first, end, attributes) + label
+
+    entries = (
+        entry(_ESP_TYPE, "EFI system", _BOOT_START, _ROOT_START - 1, _LEGACY_BIOS_BOOTABLE)
+        + entry(_LINUX_TYPE, "root", _ROOT_START, last - _GPT_SECTORS, 0)
+    ).ljust(128 * 128, b"\0")
+
+    def header(current: int, backup: int, entries_at: int) -> bytes:
+        fields = struct.pack(
+            "<8sIIIIQQQQ16sQIII",
+            b"EFI PART", 0x00010000, 92, 0, 0, current, backup, 34, last - _GPT_SECTORS,
+            guid("disk"), entries_at, 128, 128, zlib.crc32(entries),
+        )  # fmt: skip
+        checksum = zlib.crc32(fields)
+        return (fields[:16] + struct.pack("<I", checksum) + fields[20:]).ljust(_SECTOR, b"\0")
+
+    if len(code) > 440:
+        raise SetupError(f"the GPT MBR boot code is {len(code)} bytes; at most 440 fit")
+    protective = struct.pack("<B3sB3sII", 0, b"\0\x02\0", 0xEE, b"\xff\xff\xff", 1,
+                             min(last, 0xFFFFFFFF))  # fmt: skip
+    mbr = code.ljust(440, b"\0") + bytes(6) + protective + bytes(48) + b"\x55\xaa"
+    primary = mbr + header(1, last, 2) + entries
+    backup = entries + header(last, 1, last - _GPT_SECTORS + 1)
+    return primary, backup
+
+
+def systemd_boot_entry(kernel_args: Sequence[str]) -> dict[str, str]:
+    """systemd-boot's configuration: boot ``vmlinuz`` with ``initrd.img`` at once."""
+    return {
+        "loader/loader.conf": "default debian.conf\ntimeout 0\n",
+        "loader/entries/debian.conf": (
+            f"title Debian\nlinux /vmlinuz\ninitrd /initrd.img\noptions {' '.join(kernel_args)}\n"
+        ),
+    }
+
+
+def _add_uefi_boot(
+    boot: Path, work: Path, root: Path, platform: Platform, arguments: Sequence[str]
+) -> None:
+    """Make the boot partition *boot* an EFI system partition too: systemd-boot (from the
+    image's own ``systemd-boot-efi``) as the removable-media boot file, and its entry."""
+    if platform.uefi is None:
+        return
+    arch = platform.uefi.efi_arch
+    loader = root / f"usr/lib/systemd/boot/efi/systemd-boot{arch}.efi"
+    advice = "check that mtools is installed and systemd-boot-efi is among the packages"
+    _run_step("mmd", ["mmd", "-i", str(boot), "::EFI", "::EFI/BOOT", "::loader",
+                      "::loader/entries"], _STEP_TIMEOUT, advice)  # fmt: skip
+    _run_step("mcopy", ["mcopy", "-i", str(boot), str(loader),
+                        f"::EFI/BOOT/BOOT{arch.upper()}.EFI"], _STEP_TIMEOUT, advice)  # fmt: skip
+    for name, text in systemd_boot_entry(arguments).items():
+        source = work / name.replace("/", "_")
+        source.write_text(text)
+        _run_step("mcopy", ["mcopy", "-i", str(boot), str(source), f"::{name}"],
+                  _STEP_TIMEOUT, advice)  # fmt: skip
+
+
+def _boot_partition(work: Path, kernel: Path, initramfs: Path, arguments: Sequence[str]) -> Path:
     """The FAT16 boot partition's file system, with the kernel, initramfs and SYSLINUX
     (made with mtools: no mount). Its hidden-sectors field says where it starts."""
     boot = work / "boot.img"
     config = work / "syslinux.cfg"
-    config.write_text(syslinux_config(kernel_args(platform)))
+    config.write_text(syslinux_config(arguments))
     advice = "check that syslinux, mtools and dosfstools are installed (./scripts/setup.sh)"
     kilobytes = str(_BOOT_SECTORS * _SECTOR // 1024)
     for name, command in (
@@ -550,10 +694,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("cache_dir", nargs="?", type=Path, default=default_cache_dir())
     parser.add_argument("--package", action="append", default=[], help="an extra package")
+    parser.add_argument(
+        "--cloud", action="store_true", help="the stand-in for a cloud image (cloud-init, sshd)"
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    base = CLOUD_PACKAGES if options.cloud else DEFAULT_PACKAGES
+    packages = (*base, *options.package) if options.package else DEFAULT_PACKAGES
     try:
-        image = build_debian_image(options.cache_dir, (*DEFAULT_PACKAGES, *options.package))
+        image = build_debian_image(options.cache_dir, packages, cloud=options.cloud)
     except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

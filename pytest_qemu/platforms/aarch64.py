@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.platforms.base import Platform
+from pytest_qemu.platforms.base import Platform, UefiFirmware
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -38,6 +38,15 @@ PLATFORM = AArch64(
     machine_args=("-machine", "virt", "-cpu", "cortex-a57"),
     console="ttyAMA0",
     kernel_package="linux-image-arm64",
+    cloud_kernel_package="linux-image-cloud-arm64",
+    uefi=UefiFirmware(
+        package="qemu-efi-aarch64",
+        code=Path("/usr/share/AAVMF/AAVMF_CODE.fd"),
+        variables=Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+        secure_code=Path("/usr/share/AAVMF/AAVMF_CODE.ms.fd"),
+        secure_variables=Path("/usr/share/AAVMF/AAVMF_VARS.ms.fd"),
+        efi_arch="aa64",
+    ),
     compiler="aarch64-linux-gnu-gcc",
     compiler_packages=("gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"),
     aliases=("arm64",),

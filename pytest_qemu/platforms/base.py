@@ -16,8 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pytest_qemu.errors import ConfigurationError
+from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.platforms.foreign import unpacked_root
+
+
+@dataclass(frozen=True)
+class UefiFirmware:
+    """The UEFI firmware Debian ships for a platform, in the files of *package*: the
+    code (flash unit 0, read-only) and the variable store each VM gets a copy of."""
+
+    package: str
+    code: Path
+    variables: Path
+    #: Secure boot: code that enforces it and a variable store with Microsoft's keys
+    #: enrolled (for images booting through shim); None where Debian ships none.
+    secure_code: Path | None = None
+    secure_variables: Path | None = None
+    #: QEMU arguments secure boot needs beyond the flash (x86: SMM, on q35).
+    secure_args: tuple[str, ...] = ()
+    #: UEFI's name for the architecture in boot file names (``BOOTX64.EFI``,
+    #: ``systemd-bootx64.efi``).
+    efi_arch: str = "x64"
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,8 @@ class Platform(abc.ABC):
     compiler: str
     #: Debian packages that provide :attr:`compiler` and its static C library.
     compiler_packages: tuple[str, ...]
+    #: Debian's kernel for cloud VMs (fewer drivers, quicker to boot), if it has one here.
+    cloud_kernel_package: str | None = None
     #: Kernel arguments every guest of this platform gets.
     kernel_args: tuple[str, ...] = ()
     #: The Debian release a foreign guest's kernel and busybox are downloaded from.
@@ -72,6 +93,41 @@ class Platform(abc.ABC):
     byte_order: Literal["little", "big"] = "little"
     #: gdb's name for the architecture (``set architecture``), for ``gdb-multiarch``.
     gdb_architecture: str = ""
+    #: The UEFI firmware for ``firmware="uefi"``; None where Debian ships none.
+    uefi: UefiFirmware | None = None
+
+    def uefi_kernel(self, image: Path, prepared: Path) -> Path:
+        """Which of the kernel *image* and its faster form *prepared* (from
+        :meth:`prepare_kernel`) the UEFI firmware boots directly: the faster one here."""
+        return prepared
+
+    def uefi_files(self, secure_boot: bool = False) -> tuple[Path, Path, tuple[str, ...]]:
+        """The UEFI code, the variable store to copy, and the extra QEMU arguments; a
+        :class:`ConfigurationError` where there is no such firmware, a
+        :class:`SetupError` naming the package when its files are missing."""
+        firmware = self.uefi
+        if firmware is None:
+            raise ConfigurationError(
+                f"firmware='uefi': pytest-qemu knows no UEFI firmware for {self.name} "
+                "(Debian ships OVMF for x86_64 and AAVMF for aarch64): use firmware='bios'"
+            )
+        code, variables = firmware.code, firmware.variables
+        extra: tuple[str, ...] = ()
+        if secure_boot:
+            if firmware.secure_code is None or firmware.secure_variables is None:
+                raise ConfigurationError(
+                    f"secure_boot=True: Debian ships no UEFI variable store with Microsoft's "
+                    f"keys for {self.name}"
+                )
+            code, variables = firmware.secure_code, firmware.secure_variables
+            extra = firmware.secure_args
+        for path in (code, variables):
+            if not path.is_file():
+                raise SetupError(
+                    f"firmware='uefi' on {self.name} needs {path}, which is missing: install "
+                    f"it with `sudo apt-get install {firmware.package}`"
+                )
+        return code, variables, extra
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.platforms.base import Platform
+from pytest_qemu.platforms.base import Platform, UefiFirmware
 from pytest_qemu.platforms.kernel import KernelError, extract_vmlinux, has_pvh_note
 
 _DEBUG_EXIT_PORT = 0xF4
@@ -60,6 +60,10 @@ class X86_64(Platform):
             return max(size or 0, int.from_bytes(header[0x260:0x264], "little"))
         return size
 
+    def uefi_kernel(self, image: Path, prepared: Path) -> Path:
+        # OVMF loads a bzImage through its EFI stub; the PVH vmlinux is for QEMU's loader.
+        return image
+
     def prepare_kernel(self, image: Path, destination: Path) -> bool:
         try:
             extract_vmlinux(image, destination)
@@ -76,6 +80,21 @@ PLATFORM = X86_64(
     machine_args=("-machine", "pc"),
     console="ttyS0",
     kernel_package="linux-image-amd64",
+    cloud_kernel_package="linux-image-cloud-amd64",
+    uefi=UefiFirmware(
+        package="ovmf",
+        code=Path("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        variables=Path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        secure_code=Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
+        secure_variables=Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+        # OVMF's secure boot build keeps its variables safe in SMM, which needs q35.
+        secure_args=(
+            "-machine",
+            "q35,smm=on",
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        ),
+    ),
     compiler="x86_64-linux-gnu-gcc",
     compiler_packages=("gcc", "libc6-dev"),
     # An emulated CPU starved by a loaded host fails the kernel's early IO-APIC timer

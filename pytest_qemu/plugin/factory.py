@@ -13,6 +13,8 @@ from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
+from pytest_qemu.guests.cloudinit import CloudInit, cloud_init_setting
+from pytest_qemu.guests.firmware import check_firmware, uefi_flash
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.keywords import check_keywords
@@ -34,9 +36,12 @@ class VMFactory:
     ``qemu_args``; plus ``arch`` (a name in ``--qemu-arch``'s help), ``userland``
     (``"busybox"``, ``"host"`` or ``"debian"``, the last with ``packages`` and
     ``suite``), ``kernel`` and ``initramfs`` (your own),
-    ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``
-    or ``"console"``, and ``credentials`` = ``(user, password)`` for a console
-    login),
+    ``image`` (a disk image to boot, with ``persistent``, ``channel`` = ``"qga"``,
+    ``"console"`` or ``"ssh"``, ``credentials`` = ``(user, password)`` for a console
+    login or ``(user, private_key_file)`` for SSH, and ``cloud_init`` = ``True`` or a
+    :class:`~pytest_qemu.guests.cloudinit.CloudInit` for a seed of the VM's own),
+    ``firmware`` (``"bios"``, QEMU's default, or ``"uefi"``: OVMF or AAVMF, with
+    ``secure_boot=True`` for the variable store with Microsoft's keys),
     ``boot_timeout`` (seconds) and ``snapshot`` (``False`` to boot even when
     snapshots are on). Defaults come from the run's ``--qemu-*`` options.
 
@@ -120,6 +125,9 @@ class VMFactory:
         credentials: tuple[str, str] | None = None,
         packages: Iterable[str] | None = None,
         suite: str | None = None,
+        cloud_init: bool | CloudInit | None = None,
+        firmware: str | None = None,
+        secure_boot: bool = False,
     ) -> VM:
         """Start a VM and return it once its command channel answers."""
         check_keywords(
@@ -134,6 +142,7 @@ class VMFactory:
                 "suite": suite,
             }
         )
+        check_firmware(firmware, secure_boot)
         arch = arch if arch is not None else optional_str(self._defaults.get("arch"))
         userland = userland or optional_str(self._defaults.get("userland"))
         package_list = _package_list(packages, self._defaults.get("packages"))
@@ -161,12 +170,13 @@ class VMFactory:
                 channel=channel or "qga",
                 persistent=persistent,
                 credentials=credentials,
+                cloud_init=cloud_init_setting(cloud_init),
             )
         else:
-            if channel is not None or persistent or credentials is not None:
+            if channel is not None or persistent or credentials is not None or cloud_init:
                 raise ConfigurationError(
-                    "channel=, persistent= and credentials= are for VMs booting an image: "
-                    "give image= too"
+                    "channel=, persistent=, credentials= and cloud_init= are for VMs booting "
+                    "an image: give image= too"
                 )
             guest = self._guest(
                 arch,
@@ -178,6 +188,8 @@ class VMFactory:
             )
         platform = guest.platform
         all_devices = guest.devices(device_list, log_dir)
+        if firmware == "uefi":
+            all_devices.append(uefi_flash(platform, secure_boot, log_dir))
         boot = guest.boot_files(all_devices)
         spec = MachineSpec(
             kernel=boot.kernel,

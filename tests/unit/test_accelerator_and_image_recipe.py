@@ -4,6 +4,8 @@ Debian image's first sector: pure pieces, no QEMU started."""
 from __future__ import annotations
 
 import struct
+import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,38 @@ def test_syslinux_boots_the_kernel_at_once_and_talks_on_the_serial_port() -> Non
         and "INITRD initrd.img" in config
     )
     assert "APPEND root=/dev/vda2 rw console=ttyS0" in config
+
+
+def test_the_guid_partition_table_has_an_efi_system_and_a_linux_partition() -> None:
+    sectors = 4_000_000
+    code = b"\xfa" * 440
+    primary, backup = debian.guid_partition_table(code, sectors)
+    assert len(primary) == 34 * 512 and len(backup) == 33 * 512
+    assert primary[:440] == code and primary[510:512] == b"\x55\xaa"
+    assert primary[446 + 4] == 0xEE  # the protective MBR partition
+    header = primary[512:604]
+    assert header[:8] == b"EFI PART"
+    crc = struct.unpack("<I", header[16:20])[0]
+    assert zlib.crc32(header[:16] + bytes(4) + header[20:]) == crc
+    current, other, first_usable, last_usable = struct.unpack("<QQQQ", header[24:56])
+    assert (current, other, first_usable, last_usable) == (1, sectors - 1, 34, sectors - 34)
+    entries = primary[1024:]
+    assert zlib.crc32(entries) == struct.unpack("<I", header[88:92])[0]
+    esp, root = entries[:128], entries[128:256]
+    assert uuid.UUID(bytes_le=esp[:16]) == uuid.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+    assert struct.unpack("<QQQ", esp[32:56]) == (2048, 133119, 1 << 2)
+    assert struct.unpack("<QQ", root[32:48]) == (133120, sectors - 34)
+    assert backup[:-512] == entries and backup[-512:-504] == b"EFI PART"
+    backup_header = backup[-512:-420]
+    assert struct.unpack("<QQ", backup_header[24:40]) == (sectors - 1, 1)
+    assert struct.unpack("<Q", backup_header[72:80])[0] == sectors - 33
+    assert debian.guid_partition_table(code, sectors) == (primary, backup)
+
+
+def test_systemd_boot_boots_the_kernel_at_once() -> None:
+    files = debian.systemd_boot_entry(("root=/dev/vda2", "rw"))
+    assert files["loader/loader.conf"] == "default debian.conf\ntimeout 0\n"
+    assert (
+        "linux /vmlinuz\ninitrd /initrd.img\noptions root=/dev/vda2 rw\n"
+        in files["loader/entries/debian.conf"]
+    )

@@ -1,0 +1,70 @@
+"""firmware= and secure_boot= without QEMU: the platforms' files, the flash, the errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pytest_qemu import ConfigurationError, SetupError
+from pytest_qemu.devices.base import DeviceContext
+from pytest_qemu.guests.firmware import check_firmware, uefi_flash
+from pytest_qemu.platforms import get_platform
+from pytest_qemu.platforms.base import UefiFirmware
+
+
+def test_a_vm_gets_its_own_variable_store_over_the_firmwares(tmp_path: Path) -> None:
+    platform = get_platform("x86_64")
+    flash = uefi_flash(platform, False, tmp_path)
+    args = flash.qemu_args(DeviceContext(platform))
+    assert args[1].startswith("if=pflash,unit=0,format=raw,readonly=on")
+    assert "file.filename=/usr/share/OVMF/OVMF_CODE_4M.fd" in args[1]
+    variables = tmp_path / "uefi-variables.qcow2"
+    assert args[3] == f"if=pflash,unit=1,format=qcow2,file.driver=file,file.filename={variables}"
+    assert flash.template_file() == tmp_path / "uefi-variables.qcow2"
+    assert flash.snapshot_layout(DeviceContext(platform)) is not None
+
+
+def test_secure_boot_uses_the_microsoft_keys_and_smm_on_x86(tmp_path: Path) -> None:
+    flash = uefi_flash(get_platform("x86_64"), True, tmp_path)
+    args = flash.qemu_args(DeviceContext(get_platform("x86_64")))
+    assert "OVMF_CODE_4M.secboot.fd" in args[1]
+    assert args[-4:] == [
+        "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"
+    ]  # fmt: skip
+    _code, variables, _ = get_platform("aarch64").uefi_files(secure_boot=True)
+    assert variables.name == "AAVMF_VARS.ms.fd"
+
+
+def test_a_missing_firmware_file_names_the_package(tmp_path: Path) -> None:
+    platform = dataclasses.replace(
+        get_platform("x86_64"),
+        uefi=UefiFirmware("ovmf", tmp_path / "OVMF_CODE.fd", tmp_path / "OVMF_VARS.fd"),
+    )
+    with pytest.raises(SetupError, match=r"apt-get install ovmf"):
+        platform.uefi_files()
+
+
+def test_a_platform_without_uefi_firmware_is_named(tmp_path: Path) -> None:
+    platform = dataclasses.replace(get_platform("x86_64"), name="sparc64", uefi=None)
+    with pytest.raises(ConfigurationError, match="sparc64"):
+        platform.uefi_files()
+    no_secure = dataclasses.replace(
+        get_platform("x86_64"),
+        uefi=UefiFirmware("ovmf", Path("/usr/share/OVMF/OVMF_CODE_4M.fd"), Path("/x")),
+    )
+    with pytest.raises(ConfigurationError, match="Microsoft"):
+        no_secure.uefi_files(secure_boot=True)
+
+
+@pytest.mark.parametrize(
+    ("firmware", "secure_boot", "message"),
+    [("efi", False, "not one of"), ("bios", True, "needs firmware='uefi'"),
+     (None, True, "needs firmware"), ("uefi", "yes", "True or False")],
+)  # fmt: skip
+def test_wrong_firmware_arguments_are_refused(
+    firmware: object, secure_boot: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        check_firmware(firmware, secure_boot)
