@@ -22,15 +22,15 @@ and ``python3 -c pass`` warm in a clone. Templates live in a private store remov
 from __future__ import annotations
 
 import argparse
-import os
-import select
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The same timing as boot_times.py's raw boots (this directory is on sys.path when run).
+from boot_times import time_to_console_line
 
 from pytest_qemu.cache import BuildCache, default_cache_dir
 from pytest_qemu.guests.default import DefaultGuest, default_kernel_args
@@ -56,30 +56,6 @@ def raw_argv(platform: Platform, guest: DefaultGuest) -> list[str]:
     ]  # fmt: skip
 
 
-def time_to_console_line(argv: list[str], timeout: float = 300) -> float:
-    """Seconds from starting *argv* until :data:`READY` appears on its stdout."""
-    started = time.monotonic()
-    process = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    assert process.stdout is not None
-    output = b""
-    try:
-        while READY not in output:
-            remaining = started + timeout - time.monotonic()
-            if remaining <= 0 or not select.select([process.stdout], [], [], remaining)[0]:
-                raise RuntimeError(f"{READY!r} did not appear within {timeout} s: {argv}")
-            chunk = os.read(process.stdout.fileno(), 65536)
-            if not chunk:
-                raise RuntimeError(f"QEMU exited before printing {READY!r}: {argv}")
-            output += chunk
-        return time.monotonic() - started
-    finally:
-        process.kill()
-        process.wait()
-        process.stdout.close()
-
-
 def timed_start(
     factory: VMFactory, options: dict[str, Any], then: Callable[[VM], object] | None = None
 ) -> float:
@@ -103,7 +79,9 @@ def measure(
     """Medians for *platform*: hand-written boot, cold boot, clone, clone and ``true``
     (None for a platform whose VMs cannot be cloned)."""
     guest = DefaultGuest(cache, platform=platform)
-    raw = median(repeat, lambda: time_to_console_line(raw_argv(platform, guest)))
+    raw = median(
+        repeat, lambda: time_to_console_line(raw_argv(platform, guest), READY, timeout=300)
+    )
     kind = {"arch": platform.name}
     if platform.clone_blocker is not None:
         cold = median(repeat, lambda: timed_start(factory, {**kind, "snapshot": False}))
