@@ -45,6 +45,16 @@ def create_overlay(backing: Path, backing_format: str, overlay: Path) -> Path:
     return overlay
 
 
+def recreate_overlay(frozen: Path, overlay: Path) -> Path:
+    """A new, empty *overlay* over the backing file of the overlay *frozen*: the disk
+    as it was before anything was written to *frozen*."""
+    info = json.loads(_qemu_img("info", "--output=json", str(frozen), what=f"reading {frozen}"))
+    backing = info.get("full-backing-filename") or info.get("backing-filename")
+    if not backing:
+        raise ConfigurationError(f"{frozen} has no backing file to make a new overlay over")
+    return create_overlay(Path(backing), str(info.get("backing-filename-format", "raw")), overlay)
+
+
 def _qemu_img(*arguments: str, what: str) -> str:
     tool = shutil.which("qemu-img")
     if tool is None:

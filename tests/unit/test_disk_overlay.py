@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pytest_qemu import ConfigurationError, DeviceContext, Disk, MachineSpec, VirtioRandom
+from pytest_qemu.guests.overlays import create_overlay, recreate_overlay
 from pytest_qemu.vm.argv import RuntimePaths, build_command_line
 from tests.unit.test_devices import split_options
 
@@ -78,3 +81,29 @@ def test_a_persistent_disk_makes_its_vm_boot(image: Path, tmp_path: Path) -> Non
 
 def test_repr_shows_persistence(image: Path) -> None:
     assert "persistent=True" in repr(Disk(image, persistent=True))
+
+
+def test_a_new_overlay_over_a_frozen_overlays_base(image: Path, tmp_path: Path) -> None:
+    # A template's builder falls back to booting with a new overlay over the same base
+    # when the clone of the template it just built fails (its own overlay went into it).
+    frozen = create_overlay(image, "raw", tmp_path / "template.disk0")
+    frozen.chmod(0o444)
+    fresh = recreate_overlay(frozen, tmp_path / "system-overlay.qcow2")
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(fresh)],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+    )
+    assert (info["format"], info["full-backing-filename"], info["backing-filename-format"]) == (
+        "qcow2",
+        str(image),
+        "raw",
+    )
+
+
+def test_a_file_without_a_backing_file_gets_no_new_overlay(image: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="has no backing file"):
+        recreate_overlay(image, tmp_path / "overlay.qcow2")

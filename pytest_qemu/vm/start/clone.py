@@ -22,7 +22,7 @@ from qemu.qmp import QMPError
 
 from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import ConfigurationError, SnapshotWarning, VMError, VMExited
-from pytest_qemu.guests.overlays import create_overlay
+from pytest_qemu.guests.overlays import create_overlay, recreate_overlay
 from pytest_qemu.sockets import listen_unix
 from pytest_qemu.vm import readiness
 from pytest_qemu.vm.argv import incoming_uri
@@ -164,7 +164,11 @@ def _give_up_clone(
 ) -> str:
     """Discard *snapshot* and put the devices back on their own files, to boot instead;
     return why."""
-    for device, original in switched:
+    for index, (device, original) in enumerate(switched):
+        if not original.exists():
+            # This process built the template: its overlay was frozen into it, and goes
+            # with it. The boot gets a new one over the same base.
+            recreate_overlay(snapshot.disk(index), original)
         device.use_template_file(original)
     snapshot.discard()
     reason = str(error).splitlines()[0]
