@@ -27,13 +27,17 @@ def default_cache_dir() -> Path:
     return default_cache_dir_and_source()[0]
 
 
+#: What :func:`default_cache_dir_and_source` says when no variable chose the directory.
+DEFAULT_SOURCE = "the default ~/.cache"
+
+
 def default_cache_dir_and_source() -> tuple[Path, str]:
     """:func:`default_cache_dir`, and what chose it (a variable's name, or ``~/.cache``)."""
     if configured := os.environ.get("PYTEST_QEMU_CACHE_DIR"):
         return Path(configured).expanduser().absolute(), "PYTEST_QEMU_CACHE_DIR"
     if base := os.environ.get("XDG_CACHE_HOME"):
         return Path(base).expanduser().absolute() / "pytest-qemu", "XDG_CACHE_HOME"
-    return Path.home() / ".cache" / "pytest-qemu", "the default ~/.cache"
+    return Path.home() / ".cache" / "pytest-qemu", DEFAULT_SOURCE
 
 
 def make_writable_directory(path: Path) -> None:

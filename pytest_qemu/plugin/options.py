@@ -14,7 +14,11 @@ from typing import Any
 
 import pytest
 
-from pytest_qemu.cache import default_cache_dir_and_source, make_writable_directory
+from pytest_qemu.cache import (
+    DEFAULT_SOURCE,
+    default_cache_dir_and_source,
+    make_writable_directory,
+)
 from pytest_qemu.devices.options import validate_kernel_argument
 from pytest_qemu.errors import ConfigurationError, SetupError
 from pytest_qemu.guests import GUEST_KINDS
@@ -162,9 +166,11 @@ def _cache_dir(config: Values) -> Path | None:
     text = config("cache-dir")
     if not text:
         # From the environment: checked without creating anything, since every pytest
-        # run loads the plugin, VMs or not.
+        # run loads the plugin, VMs or not. The default under ~/.cache is not: a run
+        # without VMs must not fail for a home directory it does not use (a VM that
+        # needs the cache then fails, naming it).
         path, source = default_cache_dir_and_source()
-        if (problem := _unusable_directory(path)) is not None:
+        if source != DEFAULT_SOURCE and (problem := _unusable_directory(path)) is not None:
             raise ConfigurationError(
                 f"the pytest-qemu cache directory {str(path)!r} (from {source}) cannot be "
                 f"used: {problem}. Give a directory you can create and write to with "

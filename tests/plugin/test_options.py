@@ -227,3 +227,26 @@ def test_a_bad_qemu_marker_fails_the_test_naming_the_keyword(
     result.assert_outcomes(errors=1, passed=1)
     result.stdout.fnmatch_lines(["*ERROR at setup of test_vm*", message])
     assert "the test ran" not in result.stdout.str()
+
+
+def test_an_unusable_default_cache_fails_only_the_tests_that_need_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read-only or odd home directory must not break a run that starts no VM.
+    home = pytester.path / "home"
+    home.mkdir()
+    (home / ".cache").write_text("not a directory")
+    monkeypatch.delenv("PYTEST_QEMU_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    pytester.makepyfile(
+        "def test_plain(): pass\n"
+        "def test_vm(qemu_vm):\n"
+        "    pass\n"
+    )  # fmt: skip
+    result = pytester.runpytest_subprocess("--qemu-accel=tcg", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [f"*cannot write * to the pytest-qemu cache in {home}/.cache/pytest-qemu/*cache-dir*"]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
