@@ -17,7 +17,7 @@ class CachedUserland:
     """One built userland in the cache."""
 
     path: Path
-    #: "debian bookworm amd64: python3" in words.
+    #: "debian <suite> <Debian architecture>: <packages>" in words.
     description: str
     size: int
     #: Seconds since it was last used (the directory's modification time).

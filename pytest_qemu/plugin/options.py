@@ -231,7 +231,8 @@ def _arch_files(config: Values) -> tuple[tuple[str, Path], ...]:
         arch, separator, directory = item.partition("=")
         if not separator or not arch or not directory:
             raise ConfigurationError(
-                f"--qemu-arch-files {item!r} is not ARCH=DIR (such as i386=/srv/i386-root)"
+                f"--qemu-arch-files {item!r} is not ARCH=DIR: an architecture's name "
+                f"({', '.join(PLATFORMS.names())}), '=', and the directory of its files"
             )
         name = get_platform(arch).name
         path = Path(directory).expanduser().absolute()
