@@ -85,6 +85,8 @@ class Platform(abc.ABC):
     harmless_kernel_messages: tuple[str, ...] = ()
     #: Why its VMs cannot be cloned from a template under this QEMU (None: they can).
     clone_blocker: str | None = None
+    #: Why its VMs with devices (beyond the command channel) cannot be cloned (None: they can).
+    device_clone_blocker: str | None = None
     #: ``uname -m`` in the guest, where it is not :attr:`name` (``i686`` for ``i386``).
     guest_machine: str = ""
     #: The guest's word size in bits (its pointers, ``long`` and ELF class).
@@ -128,6 +130,10 @@ class Platform(abc.ABC):
                     f"it with `sudo apt-get install {firmware.package}`"
                 )
         return code, variables, extra
+
+    def clone_blocker_for(self, has_devices: bool) -> str | None:
+        """Why a VM of this platform, with devices or without, cannot be cloned (None: it can)."""
+        return self.clone_blocker or (self.device_clone_blocker if has_devices else None)
 
     def virtio_device(self, kind: str) -> str:
         """QEMU's driver of the virtio device *kind* (``rng``, ``blk``, ``9p``...) here.

@@ -43,10 +43,11 @@ StartVM = Callable[[NetworkInterface], VM]
 
 def assert_cloned_unless_blocked(vm: VM, platform: Platform) -> None:
     """*vm* is a clone, unless *platform* cannot clone its VMs: then it booted, saying why."""
-    if platform.clone_blocker is None:
+    blocker = platform.clone_blocker_for(bool(vm.spec.devices))
+    if blocker is None:
         assert vm.restored_from is not None, vm.boot_reason
     else:
-        assert vm.restored_from is None and vm.boot_reason == platform.clone_blocker
+        assert vm.restored_from is None and vm.boot_reason == blocker
 
 
 @pytest.fixture(scope="module", params=names())

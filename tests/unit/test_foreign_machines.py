@@ -129,3 +129,23 @@ def test_a_platforms_harmless_boot_warning_is_not_trouble() -> None:
 @pytest.mark.parametrize(("arch", "order"), [("s390x", "big"), ("ppc64le", "little")])
 def test_byte_order_is_a_platform_fact(arch: str, order: str) -> None:
     assert get_platform(arch).byte_order == order
+
+
+def test_mips64el_vms_with_devices_boot_and_bare_ones_clone(tmp_path: Path) -> None:
+    platform = get_platform("mips64el")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\0" * 1024)
+    paths = RuntimePaths.in_directory(tmp_path, tmp_path)
+    store = SnapshotStore(tmp_path / "snapshots")
+    plans = [
+        plan_launch(
+            MachineSpec(kernel=kernel, platform=platform, devices=devices),
+            paths,
+            [],
+            AgentGuest(platform),
+            store,
+        )
+        for devices in ([], [VirtioRandom()])
+    ]
+    assert plans[0].snapshot is not None
+    assert plans[1].snapshot is None and plans[1].boot_reason == platform.device_clone_blocker
