@@ -65,6 +65,8 @@ _PRIORITY = re.compile(r"^<\d+>", re.M)
 #: ping often, so a lost one costs this long.
 _RESUMED_PING_INTERVAL = 0.01
 _RESUMED_FAST_PINGS_FOR = 2.0
+#: After the last answer before a save: time for the guest to take the interrupts it caused.
+_SETTLE_QUIET = 0.05
 #: While booting, the agent announces itself; pings only cover a missed announcement.
 _BOOT_PING_INTERVAL = 1.0
 #: How long a restarted agent may take to come back before a request gives up.
@@ -92,6 +94,16 @@ class _Request:
     def on_frame(self, frame: Frame) -> None:
         if frame.type == FrameType.ERROR:
             raise RequestRefused(frame.payload.decode("utf-8", errors="replace"))
+
+
+class _PingRequest(_Request):
+    """One ping, done when the agent answers that very ping (not an earlier one)."""
+
+    def on_frame(self, frame: Frame) -> None:
+        if frame.type == FrameType.PONG:
+            self.done = True
+        else:
+            super().on_frame(frame)
 
 
 class _RunRequest(_Request):
@@ -234,6 +246,16 @@ class AgentChannel(CommandChannel):
         # The agent starts its spare shell after READY and answers pings once it waits.
         self._ready = False
         self._exchange(None, deadline, ping_interval=lambda: _RESUMED_PING_INTERVAL)
+        # The fast pings above may still be on their way to the guest. One last ping,
+        # answered, means none is: no data (and no interrupt for it) is in flight when
+        # the VM is saved. Some machines (s390x's TCG interrupt controller in QEMU 7.2)
+        # drop a pending interrupt from the saved state, and the clones go deaf.
+        last = _PingRequest(next(self._ids))
+        self._send(encode(FrameType.PING, last.request_id), iter(()))
+        self._exchange(last, deadline)
+        # The answer's own completion is signalled to the guest as the host reads it:
+        # give the guest's CPU a moment to take that interrupt before the save stops it.
+        time.sleep(_SETTLE_QUIET)
 
     def _ensure_ready(self) -> None:
         """Before a request: wait for an agent that died to be back."""
@@ -440,6 +462,8 @@ class AgentChannel(CommandChannel):
             self.setup_status, self._features = decode_hello(frame.payload)
             if restarted and self._request is not None:
                 raise AgentGone("the guest agent restarted: the one running the request died")
+            if self._request is not None and frame.request_id == self._request.request_id:
+                self._request.on_frame(frame)
             return
         request = self._request
         if request is not None and frame.request_id == request.request_id:

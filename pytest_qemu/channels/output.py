@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,8 @@ class CommandOutput:
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - owned by self
             max_size=memory_limit, dir=None if spill_dir is None else str(spill_dir)
         )
+        # Closed with this object, not left to the file's own finalizer, which warns.
+        weakref.finalize(self, self._file.close)
         #: How many bytes the command wrote to this stream.
         self.size = 0
 

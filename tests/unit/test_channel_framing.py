@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,17 @@ def test_output_moves_to_a_file_past_its_memory_limit(tmp_path: Path) -> None:
         assert first.read(600) == b"a" * 600
         assert second.read(3) == b"aaa", "each reader has its own offset"
     assert list(tmp_path.iterdir()) == [], "the spill file is unlinked"
+
+
+@pytest.mark.parametrize("size", [10, 5000])
+def test_an_output_let_go_closes_its_buffer_without_a_warning(size: int, tmp_path: Path) -> None:
+    output = CommandOutput(memory_limit=1000, spill_dir=tmp_path)
+    output.write(b"x" * size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del output
+        gc.collect()
+    assert [str(warning.message) for warning in caught] == []
 
 
 def test_ready_and_pong_carry_the_setup_status_then_the_agents_features() -> None:

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 #: A restore answers in well under a second; past this, boot instead.
 _RESTORE_TIMEOUT = 30.0
+#: How often a process builds a template whose first clone fails before it boots instead.
+_BUILDS = 2
 #: QMP run states of a restore still under way; any other but "running" means it failed.
 _RESTORING_STATES = ("inmigrate", "prelaunch", "restore-vm", "finish-migrate")
 
@@ -74,25 +76,36 @@ class Clone(StartStrategy):
             if isinstance(cloned, StartOutcome):
                 return cloned
         built = False
-        no_room: str | None = None
-        # One process builds the template; the others wait here, then clone it.
-        with snapshot.building():
-            if not snapshot.exists():
-                no_room = no_room_for_template(launcher.plan.spec.memory, snapshot.ram.parent)
-                if no_room is None:
-                    unsaved = build_template(launcher, snapshot, started)
-                    if unsaved is not None:
-                        # The template could not be saved (or kept), and its VM ran on
-                        # as this one, or the VM booted without one.
-                        return unsaved
-                    built = True
-        if no_room is not None:
-            return boot_without_template(launcher, no_room)
-        cloned = _clone(launcher, snapshot)
-        if isinstance(cloned, StartOutcome):
-            return StartOutcome(cloned.argv, cloned.restored_from, built_template=built)
+        failure = "the template could not be cloned"
+        for attempt in range(_BUILDS):
+            no_room: str | None = None
+            # One process builds the template; the others wait here, then clone it.
+            with snapshot.building():
+                if not snapshot.exists():
+                    no_room = no_room_for_template(launcher.plan.spec.memory, snapshot.ram.parent)
+                    if no_room is None:
+                        unsaved = build_template(
+                            launcher, snapshot, time.monotonic() if attempt else started
+                        )
+                        if unsaved is not None:
+                            # The template could not be saved (or kept), and its VM ran
+                            # on as this one, or the VM booted without one.
+                            return unsaved
+                        built = True
+            if no_room is not None:
+                return boot_without_template(launcher, no_room)
+            cloned = _clone(launcher, snapshot)
+            if isinstance(cloned, StartOutcome):
+                return StartOutcome(cloned.argv, cloned.restored_from, built_template=built)
+            failure = cloned
+            if not built:
+                break
+            # The first clone of a template this process has just built failed: saved at
+            # an unlucky moment (QEMU 7.2 can drop an interrupt pending at the save, and
+            # the clones go deaf). Another save is very likely fine; then boot.
+            launcher.transcript.add("building the template again")
         # Waiting for the builder may have taken a while: give the boot its full time.
-        booted = ColdBoot(cloned).start(launcher, time.monotonic())
+        booted = ColdBoot(failure).start(launcher, time.monotonic())
         return dataclasses.replace(booted, built_template=built)
 
 
