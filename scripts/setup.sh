@@ -19,7 +19,7 @@ sudo=""
 
 packages=(
     qemu-system-x86 qemu-system-arm qemu-system-ppc qemu-system-misc qemu-system-mips qemu-utils
-    opensbi ovmf qemu-efi-aarch64 linux-image-amd64 busybox-static kmod python3-venv gdb gdb-multiarch
+    opensbi ovmf ovmf-ia32 qemu-efi-aarch64 qemu-efi-arm linux-image-amd64 busybox-static kmod python3-venv gdb gdb-multiarch
     gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross
     gcc-i686-linux-gnu libc6-dev-i386-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.platforms.base import Platform
+from pytest_qemu.platforms.base import Platform, UefiFirmware
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,15 @@ PLATFORM = ArmHF(
     machine_args=("-machine", "virt,highmem=off", "-cpu", "cortex-a15"),
     console="ttyAMA0",
     kernel_package="linux-image-armmp",
+    # ArmVirtQemu for 32-bit Arm: two 64 MiB images, the size of each of virt's two flash
+    # banks (below 128 MiB, so highmem=off leaves them where they are). Secure-boot
+    # capable, but Debian ships no variable store with keys enrolled for it.
+    uefi=UefiFirmware(
+        package="qemu-efi-arm",
+        code=Path("/usr/share/AAVMF/AAVMF32_CODE.fd"),
+        variables=Path("/usr/share/AAVMF/AAVMF32_VARS.fd"),
+        efi_arch="arm",
+    ),
     compiler="arm-linux-gnueabihf-gcc",
     compiler_packages=("gcc-arm-linux-gnueabihf", "libc6-dev-armhf-cross"),
     guest_machine="armv7l",

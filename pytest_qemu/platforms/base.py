@@ -32,7 +32,10 @@ class UefiFirmware:
     #: enrolled (for images booting through shim); None where Debian ships none.
     secure_code: Path | None = None
     secure_variables: Path | None = None
-    #: QEMU arguments secure boot needs beyond the flash (x86: SMM, on q35).
+    #: QEMU arguments the firmware needs beyond the flash in every VM (i386's only
+    #: OVMF is a secure boot build: SMM, on q35).
+    machine_args: tuple[str, ...] = ()
+    #: QEMU arguments secure boot needs beyond those (x86_64: SMM, on q35).
     secure_args: tuple[str, ...] = ()
     #: UEFI's name for the architecture in boot file names (``BOOTX64.EFI``,
     #: ``systemd-bootx64.efi``).
@@ -97,6 +100,8 @@ class Platform(abc.ABC):
     gdb_architecture: str = ""
     #: The UEFI firmware for ``firmware="uefi"``; None where Debian ships none.
     uefi: UefiFirmware | None = None
+    #: Why there is no :attr:`uefi` here, for the error ``firmware="uefi"`` gets.
+    uefi_missing: str = "Debian ships no UEFI firmware for its QEMU machine"
 
     def uefi_kernel(self, image: Path, prepared: Path) -> Path:
         """Which of the kernel *image* and its faster form *prepared* (from
@@ -110,11 +115,11 @@ class Platform(abc.ABC):
         firmware = self.uefi
         if firmware is None:
             raise ConfigurationError(
-                f"firmware='uefi': pytest-qemu knows no UEFI firmware for {self.name} "
-                "(Debian ships OVMF for x86_64 and AAVMF for aarch64): use firmware='bios'"
+                f"firmware='uefi' is not available on {self.name}: {self.uefi_missing}; "
+                "use firmware='bios' (the default) there"
             )
         code, variables = firmware.code, firmware.variables
-        extra: tuple[str, ...] = ()
+        extra = firmware.machine_args
         if secure_boot:
             if firmware.secure_code is None or firmware.secure_variables is None:
                 raise ConfigurationError(
@@ -122,7 +127,7 @@ class Platform(abc.ABC):
                     f"keys for {self.name}"
                 )
             code, variables = firmware.secure_code, firmware.secure_variables
-            extra = firmware.secure_args
+            extra = (*extra, *firmware.secure_args)
         for path in (code, variables):
             if not path.is_file():
                 raise SetupError(

@@ -38,6 +38,11 @@ PLATFORM = RISCV64(
     kernel_image_prefix="vmlinux",
     # riscv's COMMAND_LINE_SIZE is 1024 with the terminating NUL.
     command_line_limit=1023,
+    uefi_missing=(
+        "Debian 13's qemu-efi-riscv64 (EDK II 2025.02) needs QEMU 8.1 or later, where "
+        "OpenSBI starts the firmware from flash unit 0; QEMU 7.2 runs flash unit 0 at reset "
+        "instead of OpenSBI and starts unit 1, and the firmware prints nothing"
+    ),
     clone_blocker=(
         "QEMU 7.2 does not migrate a riscv64 guest's timers, so a restored riscv64 VM "
         "never resumes (fixed upstream in 2025)"

@@ -11,6 +11,13 @@ from pytest_qemu.platforms.kernel import KernelError, extract_vmlinux, has_pvh_n
 _DEBUG_EXIT_PORT = 0xF4
 _DEBUG_EXIT_VALUE = 0x21
 
+#: What OVMF's secure boot builds need of the machine: they keep the variable store safe
+#: in system management mode (SMM), which QEMU emulates on q35 only, and the flash must
+#: refuse writes from outside SMM.
+OVMF_SMM_ARGS = (
+    "-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
+)  # fmt: skip
+
 
 def probe_boot_sector() -> bytes:
     """A boot sector that writes to the debug-exit port, then halts."""
@@ -87,13 +94,7 @@ PLATFORM = X86_64(
         variables=Path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
         secure_code=Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
         secure_variables=Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
-        # OVMF's secure boot build keeps its variables safe in SMM, which needs q35.
-        secure_args=(
-            "-machine",
-            "q35,smm=on",
-            "-global",
-            "driver=cfi.pflash01,property=secure,value=on",
-        ),
+        secure_args=OVMF_SMM_ARGS,
     ),
     compiler="x86_64-linux-gnu-gcc",
     compiler_packages=("gcc", "libc6-dev"),

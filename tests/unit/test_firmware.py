@@ -9,9 +9,11 @@ import pytest
 
 from pytest_qemu import ConfigurationError, SetupError
 from pytest_qemu.devices.base import DeviceContext
+from pytest_qemu.devices.firmware import UefiFlash
 from pytest_qemu.guests.firmware import check_firmware, uefi_flash
-from pytest_qemu.platforms import get_platform
+from pytest_qemu.platforms import get_platform, names
 from pytest_qemu.platforms.base import UefiFirmware
+from pytest_qemu.platforms.x86_64 import OVMF_SMM_ARGS
 
 
 def test_a_vm_gets_its_own_variable_store_over_the_firmwares(tmp_path: Path) -> None:
@@ -35,6 +37,54 @@ def test_secure_boot_uses_the_microsoft_keys_and_smm_on_x86(tmp_path: Path) -> N
     ]  # fmt: skip
     _code, variables, _ = get_platform("aarch64").uefi_files(secure_boot=True)
     assert variables.name == "AAVMF_VARS.ms.fd"
+
+
+def test_the_flash_comes_before_what_the_firmware_needs_of_the_machine() -> None:
+    flash = UefiFlash(Path("/fw/C.fd"), Path("/vm/v.qcow2"), "id", OVMF_SMM_ARGS)
+    assert flash.qemu_args(DeviceContext(get_platform("i386"))) == [
+        "-drive", "if=pflash,unit=0,format=raw,readonly=on,file.driver=file,file.filename=/fw/C.fd",
+        "-drive", "if=pflash,unit=1,format=qcow2,file.driver=file,file.filename=/vm/v.qcow2",
+        *OVMF_SMM_ARGS,
+    ]  # fmt: skip
+    # The machine arguments are part of a template's layout: a clone needs the same machine.
+    plain = UefiFlash(Path("/fw/C.fd"), Path("/vm/v.qcow2"), "id")
+    context = DeviceContext(get_platform("i386"))
+    assert flash.snapshot_layout(context) != plain.snapshot_layout(context)
+
+
+def test_i386s_only_ovmf_needs_smm_in_every_vm_and_has_no_microsoft_keys() -> None:
+    code, variables, extra = get_platform("i386").uefi_files()
+    assert (code.name, variables.name) == ("OVMF32_CODE_4M.secboot.fd", "OVMF32_VARS_4M.fd")
+    assert extra == OVMF_SMM_ARGS
+    with pytest.raises(ConfigurationError, match="Microsoft's keys for i386"):
+        get_platform("i386").uefi_files(secure_boot=True)
+
+
+def test_armhf_boots_aavmf32_from_virts_two_64_mib_flash_banks() -> None:
+    code, variables, extra = get_platform("armhf").uefi_files()
+    assert (code.name, variables.name, extra) == ("AAVMF32_CODE.fd", "AAVMF32_VARS.fd", ())
+    # virt's flash banks are 64 MiB each: QEMU refuses an image of another size.
+    assert code.stat().st_size == variables.stat().st_size == 64 << 20
+    with pytest.raises(ConfigurationError, match="Microsoft's keys for armhf"):
+        get_platform("armhf").uefi_files(secure_boot=True)
+
+
+def test_riscv64_says_what_its_uefi_firmware_needs() -> None:
+    with pytest.raises(ConfigurationError, match=r"qemu-efi-riscv64.*QEMU 8\.1"):
+        get_platform("riscv64").uefi_files()
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_architecture_has_uefi_files_or_says_why_not(name: str) -> None:
+    platform = get_platform(name)
+    if platform.uefi is None:
+        with pytest.raises(
+            ConfigurationError, match=rf"not available on {name}: .+ firmware='bios'"
+        ):
+            platform.uefi_files()
+    else:
+        code, variables, _ = platform.uefi_files()
+        assert code != variables
 
 
 def test_a_missing_firmware_file_names_the_package(tmp_path: Path) -> None:
