@@ -71,6 +71,10 @@ class Device(abc.ABC):
     """
 
     guest_modules: tuple[str, ...] = ()
+    #: Whether the guest drives this device itself (a disk, a share, a network card).
+    #: False for what only the firmware uses (its flash): a VM with no other device
+    #: is set up and cloned as one without devices.
+    in_guest: bool = True
 
     @property
     def keeps_guest_writes(self) -> bool:

@@ -18,6 +18,8 @@ class UefiFlash(Device):
     overlay over it, as with a system disk.
     """
 
+    in_guest = False
+
     def __init__(
         self, code: Path, variables: Path, identity: str, machine_args: Sequence[str] = ()
     ) -> None:

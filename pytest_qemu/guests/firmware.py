@@ -30,3 +30,16 @@ def uefi_flash(platform: Platform, secure_boot: bool, workdir: Path) -> UefiFlas
     overlay = create_overlay(variables, "raw", workdir / "uefi-variables.qcow2")
     identity = f"{file_fingerprint(code)}+{file_fingerprint(variables)}"
     return UefiFlash(code, overlay, identity, extra)
+
+
+def check_secure_direct_boot(platform: Platform, secure_boot: bool, kernel: Path | None) -> None:
+    """Refuse secure boot of a *kernel* given directly where the firmware never boots one:
+    Debian's kernels are signed for shim, not with a key the firmware trusts."""
+    firmware = platform.uefi
+    if secure_boot and kernel is not None and firmware and not firmware.secure_direct_boot:
+        raise ConfigurationError(
+            f"secure_boot=True on {platform.name}: its UEFI firmware ({firmware.package}) "
+            f"refuses a kernel given directly ({kernel}) that is not signed with a key in its "
+            "database (Microsoft's), and Debian's kernels are signed for shim: boot a disk "
+            "image through shim (image=, no kernel=), or leave secure_boot off"
+        )

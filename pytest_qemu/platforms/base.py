@@ -37,6 +37,11 @@ class UefiFirmware:
     machine_args: tuple[str, ...] = ()
     #: QEMU arguments secure boot needs beyond those (x86_64: SMM, on q35).
     secure_args: tuple[str, ...] = ()
+    #: With secure boot on, whether the firmware still boots a kernel given directly
+    #: (``-kernel``) that its keys do not trust: OVMF falls back to its own ``bzImage``
+    #: loader (the guest runs with secure boot on, its kernel locked down); AAVMF
+    #: refuses it ("Security Violation").
+    secure_direct_boot: bool = False
     #: UEFI's name for the architecture in boot file names (``BOOTX64.EFI``,
     #: ``systemd-bootx64.efi``).
     efi_arch: str = "x64"

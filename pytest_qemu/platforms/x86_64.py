@@ -95,6 +95,7 @@ PLATFORM = X86_64(
         secure_code=Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
         secure_variables=Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
         secure_args=OVMF_SMM_ARGS,
+        secure_direct_boot=True,
     ),
     compiler="x86_64-linux-gnu-gcc",
     compiler_packages=("gcc", "libc6-dev"),

@@ -14,7 +14,7 @@ from pytest_qemu.errors import ConfigurationError, concise_traceback
 from pytest_qemu.guests import GUEST_KINDS
 from pytest_qemu.guests.base import Guest
 from pytest_qemu.guests.cloudinit import CloudInit, cloud_init_setting
-from pytest_qemu.guests.firmware import check_firmware, uefi_flash
+from pytest_qemu.guests.firmware import check_firmware, check_secure_direct_boot, uefi_flash
 from pytest_qemu.guests.image import ImageGuest
 from pytest_qemu.guests.own import OwnBootFilesGuest
 from pytest_qemu.plugin.keywords import check_keywords
@@ -191,6 +191,7 @@ class VMFactory:
         if firmware == "uefi":
             all_devices.append(uefi_flash(platform, secure_boot, log_dir))
         boot = guest.boot_files(all_devices)
+        check_secure_direct_boot(platform, secure_boot, boot.kernel)
         spec = MachineSpec(
             kernel=boot.kernel,
             initramfs=boot.initramfs,

@@ -38,6 +38,11 @@ class MachineSpec:
     qemu_args: Sequence[str] = ()
 
     @property
+    def has_guest_devices(self) -> bool:
+        """Whether the guest drives any of :attr:`devices` (see ``Device.in_guest``)."""
+        return any(device.in_guest for device in self.devices)
+
+    @property
     def qemu_binary(self) -> str:
         """The QEMU binary to run."""
         return self.qemu or self.platform.qemu_binary

@@ -50,6 +50,32 @@ _KNOWN = (
 )
 
 
+#: What a guest's console says when its firmware gave up before starting a kernel.
+_FIRMWARE_REFUSALS = (
+    (
+        # EDK II: LoadImage/StartImage of an image whose signature is not in db.
+        re.compile(r"Security Violation"),
+        "secure boot: the UEFI firmware refused to start an image not signed with a key "
+        "in its database (Microsoft's); Debian's kernels and GRUB are signed for shim, not "
+        "for the firmware: with secure_boot=True boot a disk image through shim, or leave "
+        "secure_boot off",
+    ),
+    (
+        re.compile(r"BdsDxe: No bootable option or device was found"),
+        "the UEFI firmware found nothing it could boot: no kernel it could load, and no "
+        "disk with an EFI system partition holding EFI/BOOT/BOOT<arch>.EFI",
+    ),
+)
+
+
+def firmware_refusal(console: str) -> str | None:
+    """Why the firmware started no kernel, if the *console* text says so; else None."""
+    for pattern, explanation in _FIRMWARE_REFUSALS:
+        if pattern.search(console):
+            return explanation
+    return None
+
+
 def user_error(stderr: str) -> str | None:
     """A plain explanation of *stderr* if QEMU failed because of the user's set-up, else None."""
     for pattern, explanation in _KNOWN:
@@ -73,6 +99,8 @@ def failure_report(
     command line and stderr, and the console's last lines (with a kernel panic named)."""
     if stderr and (explanation := user_error(stderr)) is not None:
         headline += f"\nlikely cause: {explanation}"
+    if refusal := firmware_refusal(console_tail):
+        headline += f"\nlikely cause: {refusal}"
     if panic := _PANIC.search(console_tail):
         headline += f"\nthe guest kernel panicked: {panic.group(0).strip()}"
     lines = [

@@ -87,7 +87,7 @@ def plan_launch(
 ) -> LaunchPlan:
     """The launch plan of a VM of *spec* for *guest*; cloned from *snapshots* if it can be."""
     layout = snapshot_layout(spec.devices, spec.platform)
-    blocker = spec.platform.clone_blocker_for(bool(spec.devices))
+    blocker = spec.platform.clone_blocker_for(spec.has_guest_devices)
     clonable = snapshots is not None and layout.parts is not None and blocker is None
     setup_at_boot = not clonable and guest.reads_setup_from_kernel_command_line
     boot = build_command_line(

@@ -59,7 +59,7 @@ def personalise(launcher: Launcher, restored: bool) -> None:
     """
     clock = not (restored and launcher.channel.personalises_on_resume)
     command = launcher.guest.personalise_command(
-        launcher.plan.setup_args, bool(launcher.plan.spec.devices), clock
+        launcher.plan.setup_args, launcher.plan.spec.has_guest_devices, clock
     )
     if command:
         launcher.commands.run_setup(command, stdin=os.urandom(64))

@@ -20,6 +20,12 @@ pytestmark = pytest.mark.vm
 
 #: The architectures with UEFI firmware, from the registry.
 UEFI_ARCHITECTURES = [name for name in names() if get_platform(name).uefi is not None]
+#: Those whose firmware boots the default guest's kernel with secure boot on.
+SECURE_DIRECT_BOOT = [
+    name
+    for name in UEFI_ARCHITECTURES
+    if (firmware := get_platform(name).uefi) is not None and firmware.secure_direct_boot
+]
 
 
 @pytest.fixture(scope="module", params=UEFI_ARCHITECTURES)
@@ -61,6 +67,7 @@ def test_a_uefi_guest_sees_efi_and_so_do_its_clones(
     cloned = get_platform(arch).clone_blocker_for(has_devices=False) is None
     for vm in (first, second):
         assert vm.run("test -d /sys/firmware/efi").returncode == 0
+        assert "Secure boot enabled" not in vm.check("dmesg")
         assert (vm.restored_from is not None) == cloned, vm.boot_reason
     code, first_variables = _flash_files(first.argv)
     second_code, second_variables = _flash_files(second.argv)
@@ -69,3 +76,16 @@ def test_a_uefi_guest_sees_efi_and_so_do_its_clones(
     assert first_variables != second_variables
     # The session's default VM (a clone in a full run) boots without UEFI.
     assert qemu_vm.run("test -d /sys/firmware/efi").returncode == 1
+
+
+@pytest.mark.parametrize("arch", SECURE_DIRECT_BOOT)
+def test_secure_boot_is_on_in_the_guest_and_locks_its_kernel_down(factory: VMFactory) -> None:
+    # Debian's kernel is signed for shim, not with Microsoft's key: OVMF boots it
+    # through its own loader, and the kernel sees secure boot on (it reads the firmware's
+    # SecureBoot variable) and locks itself down.
+    vm = factory(firmware="uefi", secure_boot=True, boot_timeout=300)
+    log = vm.check("dmesg")
+    assert "secureboot: Secure boot enabled" in log
+    assert "Kernel is locked down from EFI Secure Boot" in log
+    # A clone of a machine with SMM (q35) resumes like any other.
+    assert vm.restored_from is not None

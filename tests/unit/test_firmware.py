@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_qemu import ConfigurationError, SetupError
+from pytest_qemu import ConfigurationError, SetupError, VirtioRandom
 from pytest_qemu.devices.base import DeviceContext
 from pytest_qemu.devices.firmware import UefiFlash
-from pytest_qemu.guests.firmware import check_firmware, uefi_flash
+from pytest_qemu.guests.firmware import check_firmware, check_secure_direct_boot, uefi_flash
 from pytest_qemu.platforms import get_platform, names
 from pytest_qemu.platforms.base import UefiFirmware
 from pytest_qemu.platforms.x86_64 import OVMF_SMM_ARGS
+from pytest_qemu.vm.argv import MachineSpec
+from pytest_qemu.vm.diagnose import failure_report
 
 
 def test_a_vm_gets_its_own_variable_store_over_the_firmwares(tmp_path: Path) -> None:
@@ -52,6 +54,17 @@ def test_the_flash_comes_before_what_the_firmware_needs_of_the_machine() -> None
     assert flash.snapshot_layout(context) != plain.snapshot_layout(context)
 
 
+def test_the_flash_is_no_device_the_guest_sets_up_after_a_clone(tmp_path: Path) -> None:
+    flash = UefiFlash(Path("/fw/C.fd"), Path("/vm/v.qcow2"), "id")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    spec = MachineSpec(kernel=kernel, devices=[flash], platform=get_platform("mips64el"))
+    # No guest setup to run in its clones, and no blocker of VMs with devices.
+    assert not spec.has_guest_devices
+    assert spec.platform.clone_blocker_for(spec.has_guest_devices) is None
+    assert dataclasses.replace(spec, devices=[flash, VirtioRandom()]).has_guest_devices
+
+
 def test_i386s_only_ovmf_needs_smm_in_every_vm_and_has_no_microsoft_keys() -> None:
     code, variables, extra = get_platform("i386").uefi_files()
     assert (code.name, variables.name) == ("OVMF32_CODE_4M.secboot.fd", "OVMF32_VARS_4M.fd")
@@ -87,6 +100,19 @@ def test_every_architecture_has_uefi_files_or_says_why_not(name: str) -> None:
         assert code != variables
 
 
+def test_secure_boot_of_a_kernel_given_directly_is_refused_where_the_firmware_refuses_it(
+    tmp_path: Path,
+) -> None:
+    kernel = tmp_path / "vmlinuz"
+    # AAVMF stops at "Security Violation": no VM waits out its boot timeout for that.
+    with pytest.raises(ConfigurationError, match=r"aarch64: .*qemu-efi-aarch64.*shim"):
+        check_secure_direct_boot(get_platform("aarch64"), True, kernel)
+    # OVMF boots it; a disk image boots through shim; without secure boot all is well.
+    check_secure_direct_boot(get_platform("x86_64"), True, kernel)
+    check_secure_direct_boot(get_platform("aarch64"), True, None)
+    check_secure_direct_boot(get_platform("aarch64"), False, kernel)
+
+
 def test_a_missing_firmware_file_names_the_package(tmp_path: Path) -> None:
     platform = dataclasses.replace(
         get_platform("x86_64"),
@@ -118,3 +144,31 @@ def test_wrong_firmware_arguments_are_refused(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         check_firmware(firmware, secure_boot)
+
+
+#: AAVMF's console when secure boot refused the kernel given directly (aarch64, seen).
+REFUSED = """\
+BdsDxe: failed to load Boot0001 "UEFI Non-Block Boot Device" from VenMedia(1428F772): Not Found
+BdsDxe: failed to start Boot0002 "EFI Internal Shell" from Fv(64074AFE): Security Violation
+BdsDxe: No bootable option or device was found.
+"""
+
+
+@pytest.mark.parametrize(
+    ("console", "cause"),
+    [(REFUSED, "secure boot: the UEFI firmware refused"),
+     (REFUSED.replace("Security Violation", "Not Found"), "the UEFI firmware found nothing"),
+     ("Linux version 6.1", None)],
+)  # fmt: skip
+def test_a_failure_report_says_why_the_firmware_started_nothing(
+    console: str, cause: str | None, tmp_path: Path
+) -> None:
+    report = failure_report(
+        "the guest did not come up", argv=["qemu"], status=None, stderr="",
+        stderr_log=tmp_path / "e", console_tail=console, console_log=tmp_path / "c",
+    )  # fmt: skip
+    headline = report.split("\nQEMU was running")[0]
+    if cause is None:
+        assert "likely cause" not in headline
+    else:
+        assert f"likely cause: {cause}" in headline
