@@ -3,8 +3,8 @@
 For every architecture of the platform registry it runs the checks a first VM
 would, with the same code and so the same words: the QEMU emulator (and its
 version), whether QEMU starts the platform's machine (its firmware), the kernel
-and busybox the default guest boots, the command agent, and the accelerator
-probe. Then the cache directory and ``/dev/shm``. A missing piece is shown with
+and busybox the default guest boots, the command agent, its UEFI firmware, and the
+accelerator probe. Then the cache directory and ``/dev/shm``. A missing piece is shown with
 the error a test would get, which names the command that installs it.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pytest_qemu import __version__
 from pytest_qemu.cache import make_writable_directory
-from pytest_qemu.errors import QemuError
+from pytest_qemu.errors import QemuError, SetupError
 from pytest_qemu.guests.agent_build import agent_origin
 from pytest_qemu.guests.initramfs import check_static, find_busybox
 from pytest_qemu.platforms import Platform, get_platform, names
@@ -142,6 +142,18 @@ def _accelerator(session: QemuSession, platform: Platform) -> Finding:
     return Finding(WARN, "KVM", choice.notice)
 
 
+def uefi_finding(platform: Platform) -> Finding | None:
+    """Whether *platform*'s UEFI firmware is installed, for ``firmware="uefi"`` (a warning
+    if not: only VMs that ask for it need it); None where it has none."""
+    if platform.uefi is None:
+        return None
+    try:
+        code, _variables, _args = platform.uefi_files()
+    except SetupError as error:
+        return Finding(WARN, "UEFI", str(error))
+    return Finding(OK, "UEFI", f"{code} ({platform.uefi.package})")
+
+
 def platform_section(session: QemuSession, platform: Platform) -> Section:
     """The findings for *platform*'s default guest."""
     findings = []
@@ -155,6 +167,8 @@ def platform_section(session: QemuSession, platform: Platform) -> Section:
     findings.append(_checked("kernel", lambda: _kernel(session, platform)))
     findings.append(_checked("busybox", lambda: _busybox(session, platform)))
     findings.append(_checked("agent", lambda: _agent(platform)))
+    if (uefi := uefi_finding(platform)) is not None:
+        findings.append(uefi)
     if findings[0].status == OK:
         findings.append(_accelerator(session, platform))
     role = "this host's architecture: the default guest" if platform.is_host else "emulated"

@@ -69,3 +69,19 @@ def test_the_verdict_needs_the_required_architectures_and_the_host() -> None:
     assert not doctor.ready(sections, ["x86_64", "aarch64"])
     text = doctor.render(sections, ["aarch64"])
     assert "aarch64: cannot run VMs" in text and "NOT ready: aarch64" in text
+
+
+def test_uefi_firmware_is_a_warning_when_missing_and_no_row_where_there_is_none(
+    tmp_path: Path,
+) -> None:
+    x86 = get_platform("x86_64")
+    assert x86.uefi is not None
+    found = doctor.uefi_finding(x86)
+    assert found is not None and found.status == doctor.OK and "(ovmf)" in found.detail
+    missing = dataclasses.replace(
+        x86, uefi=dataclasses.replace(x86.uefi, code=tmp_path / "OVMF_CODE.fd")
+    )
+    warned = doctor.uefi_finding(missing)
+    assert warned is not None and warned.status == doctor.WARN
+    assert "apt-get install ovmf" in warned.detail
+    assert doctor.uefi_finding(get_platform("s390x")) is None
