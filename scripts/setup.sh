@@ -24,7 +24,7 @@ packages=(
     gcc-i686-linux-gnu libc6-dev-i386-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross
     gcc-mips64el-linux-gnuabi64 libc6-dev-mips64el-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-    mmdebstrap e2fsprogs syslinux mtools dosfstools openssh-client
+    mmdebstrap fakeroot e2fsprogs syslinux mtools dosfstools openssh-client
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -184,6 +184,7 @@ class GuestAgentChannel(CommandChannel):
     """
 
     serial_port_id = _PORT_ID
+    personalises_on_resume = True
 
     def __init__(self, socket_dir: Path, serial_bus_device: str = "virtio-serial-pci") -> None:
         self.socket_path = socket_dir / "qga.sock"
@@ -258,9 +259,37 @@ class GuestAgentChannel(CommandChannel):
             await self._sync(deadline, interval)
             # Port closes while the guest booted are no agent dying under a request.
             self._account_losses()
+            if resumed:
+                await self._personalise()
 
         _loop_thread.run(wait())
         return "-"
+
+    async def _personalise(self) -> None:
+        """Give a restored guest the host's clock and fresh entropy, in as few new
+        processes as the agent allows: a clone's first process costs most of its start
+        (under TCG its code is translated anew in each QEMU), so the entropy goes in
+        with the agent's own file commands, while ``date`` runs."""
+        pid = await self._start(
+            {
+                "path": "date",
+                "arg": ["-u", "-s", f"@{int(time.time())}"],
+                "env": _environment({}),
+                "capture-output": True,
+            }
+        )
+        handle = await self._call("guest-file-open", {"path": "/dev/urandom", "mode": "w"})
+        try:
+            await self._call(
+                "guest-file-write",
+                {"handle": handle, "buf-b64": base64.b64encode(os.urandom(64)).decode()},
+            )
+        finally:
+            await self._call("guest-file-close", {"handle": handle})
+        status = await self._wait_exited(pid)
+        if _returncode(status) != 0:
+            error = base64.b64decode(status.get("err-data", "")).decode("utf-8", "replace")
+            raise RequestRefused(f"setting the restored guest's clock failed: {error.strip()}")
 
     async def _sync(
         self, deadline: float, interval: Callable[[], float], flush: bool = False
@@ -399,15 +428,20 @@ class GuestAgentChannel(CommandChannel):
         pid = await self._start(
             {"path": argv[0], "arg": argv[1:], "env": _environment({}), "capture-output": True}
         )
+        status = await self._wait_exited(pid)
+        out, err = (
+            base64.b64decode(status.get(key, "")).decode("utf-8", "replace").strip()
+            for key in ("out-data", "err-data")
+        )
+        return _returncode(status), out, err
+
+    async def _wait_exited(self, pid: int) -> dict[str, Any]:
+        """Poll a helper process started with ``guest-exec`` until it exits; its status."""
         interval = _POLL_FIRST
         while True:
             status = await self._status(pid)
             if status.get("exited"):
-                out, err = (
-                    base64.b64decode(status.get(key, "")).decode("utf-8", "replace").strip()
-                    for key in ("out-data", "err-data")
-                )
-                return _returncode(status), out, err
+                return status
             await self._pause(interval)
             interval = min(interval * 2, _POLL_MAX)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.cache import build_lock, cache_key, file_fingerprint
+from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.vm.argv import MachineSpec
 
 _FORMAT_VERSION = "3"
@@ -138,7 +139,15 @@ class SnapshotStore:
         self.keep = keep
 
     def get(self, key: str) -> Snapshot:
-        self.root.mkdir(parents=True, exist_ok=True)
+        """The snapshot of *key* (its files need not exist yet)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot keep VM templates in {self.root} ({error.strerror}): point "
+                "--qemu-cache-dir (or PYTEST_QEMU_CACHE_DIR) at a writable directory, "
+                "or turn templates off with --qemu-snapshots=off"
+            ) from None
         self._prune()
         return Snapshot(
             state=self.root / f"{key}.state",

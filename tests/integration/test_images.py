@@ -66,6 +66,10 @@ def test_the_guest_agent_runs_commands_and_the_image_stays_unchanged(
     assert second.restored_from is not None
     assert second.run("cat /etc/scribbled").returncode != 0
     assert second.check("cat /proc/1/comm") == "systemd\n"
+    # Personalised on restore: the host's clock, and entropy of its own.
+    assert abs(int(second.check("date +%s")) - time.time()) < 10
+    random_bytes = "head -c 16 /dev/urandom | od -An -tx1"
+    assert vm.check(random_bytes) != second.check(random_bytes)
     for machine in (vm, second):
         machine.shutdown()
     assert hashlib.sha256(debian.disk.read_bytes()).hexdigest() == before

@@ -241,11 +241,12 @@ class FakeAgent:
 
     def do_guest_file_open(self, arguments: dict[str, Any]) -> Any:
         path, mode = arguments["path"], arguments["mode"]
-        if not path.startswith("/tmp/") or (mode == "rb" and path not in self.files):
+        writable = path.startswith("/tmp/") or path == "/dev/urandom"
+        if not writable or (mode == "rb" and path not in self.files):
             raise LookupError(f"failed to open file '{path}' (mode: '{mode}'): No such file")
         self.next_id += 1
         self.handles[self.next_id] = {"path": path, "offset": 0}
-        if mode == "wb":
+        if mode in ("wb", "w"):
             self.files[path] = b""
         return self.next_id
 
@@ -441,6 +442,42 @@ def test_wait_ready_waits_for_a_late_agent_and_ignores_the_pings_it_answers_late
     # Every stale answer was dropped quietly: the channel still works.
     assert run(channel, "echo ok").stdout == "ok\n"
     channel.close()
+
+
+def test_a_restored_guest_gets_the_hosts_clock_and_fresh_entropy_without_a_shell(
+    tmp_path: Path, agent: FakeAgent
+) -> None:
+    channel = GuestAgentChannel(tmp_path)
+    channel.connect(time.monotonic() + 5, lambda: True)
+    try:
+        channel.wait_ready(time.monotonic() + 5, resumed=True)
+    finally:
+        channel.close()
+    assert channel.personalises_on_resume
+    (date,) = (
+        request["arguments"] for request in agent.requests if request["execute"] == "guest-exec"
+    )
+    # date itself, not a shell: a clone's first process is what its start costs.
+    assert [date["path"], *date["arg"][:2]] == ["date", "-u", "-s"]
+    assert abs(int(date["arg"][2].lstrip("@")) - time.time()) < 5
+    assert len(agent.files["/dev/urandom"]) == 64
+    assert not agent.handles, "the entropy's file handle is closed"
+
+
+def test_a_restored_guest_whose_clock_cannot_be_set_says_so(
+    tmp_path: Path, agent: FakeAgent
+) -> None:
+    def date_fails(argv: list[str], process: dict[str, Any]) -> None:
+        process.update(exited=True, exitcode=1, **{"err-data": _encoded(b"date: cannot set\n")})
+
+    agent.on_exec = date_fails
+    channel = GuestAgentChannel(tmp_path)
+    channel.connect(time.monotonic() + 5, lambda: True)
+    try:
+        with pytest.raises(RequestRefused, match="restored guest's clock failed: date: cannot set"):
+            channel.wait_ready(time.monotonic() + 5, resumed=True)
+    finally:
+        channel.close()
 
 
 def test_wait_ready_never_outlasts_its_deadline(tmp_path: Path, agent: FakeAgent) -> None:

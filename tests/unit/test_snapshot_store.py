@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.vm.snapshot import SnapshotStore
 
 
@@ -62,3 +65,11 @@ def test_pruning_keeps_the_most_recently_used(tmp_path: Path) -> None:
         os.utime(state, (index, index))
     store.get("d")
     assert sorted(path.name for path in tmp_path.glob("*.state")) == ["b.state", "c.state"]
+
+
+def test_a_template_directory_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    store = SnapshotStore(blocker / "snapshots")
+    with pytest.raises(ConfigurationError, match=r"cannot keep VM templates in .*cache/snapshots"):
+        store.get("0123")
