@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device, DeviceContext, default_names
@@ -181,6 +182,15 @@ class P9Directory(Device):
 
     def __repr__(self) -> str:
         return f"P9Directory({str(self.directory)!r}, name={self.name!r})"
+
+
+def writable_shares(directories: Sequence[Path], root: str) -> list[Device]:
+    """Host *directories* shared read-write at their own paths inside a guest userland
+    mounted at *root*, with the modes and owners the guest gives files (no metadata files)."""
+    return [
+        P9Directory(directory, security_model="none", guest_path=f"{root}{directory}")
+        for directory in directories
+    ]
 
 
 class ReadOnlyDirectory(Device):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device
-from pytest_qemu.devices.directories import P9Directory
+from pytest_qemu.devices.directories import writable_shares
 from pytest_qemu.devices.diskroot import DISK_ROOT_GUEST_PATH, DiskRoot
 from pytest_qemu.errors import SetupError
 from pytest_qemu.guests.agent import AgentGuest
@@ -79,15 +79,11 @@ class DebianUserlandGuest(AgentGuest):
         built = self.userland()
         overlay = create_overlay(built.disk, "qcow2", workdir / "debian-root.qcow2")
         # The root first: the shared directories are mounted inside it.
-        shares: list[Device] = [
-            P9Directory(
-                directory,
-                security_model="none",
-                guest_path=f"{DISK_ROOT_GUEST_PATH}{directory}",
-            )
-            for directory in self._writable
+        return [
+            DiskRoot(overlay, "qcow2", built.directory.name),
+            *writable_shares(self._writable, DISK_ROOT_GUEST_PATH),
+            *requested,
         ]
-        return [DiskRoot(overlay, "qcow2", built.directory.name), *shares, *requested]
 
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         return self._base.boot_files(devices)

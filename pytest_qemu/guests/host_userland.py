@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_qemu.devices.base import Device
-from pytest_qemu.devices.directories import P9Directory
+from pytest_qemu.devices.directories import writable_shares
 from pytest_qemu.devices.hostroot import HOST_ROOT_GUEST_PATH, HostRoot
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.guests.agent import AgentGuest
@@ -41,15 +41,11 @@ class HostUserlandGuest(AgentGuest):
 
     def devices(self, requested: Sequence[Device], workdir: Path) -> list[Device]:
         # The root first: the writable shares are mounted inside it.
-        shares: list[Device] = [
-            P9Directory(
-                directory,
-                security_model="none",
-                guest_path=f"{HOST_ROOT_GUEST_PATH}{directory}",
-            )
-            for directory in self._writable
+        return [
+            HostRoot(),
+            *writable_shares(self._writable, HOST_ROOT_GUEST_PATH),
+            *requested,
         ]
-        return [HostRoot(), *shares, *requested]
 
     def boot_files(self, devices: Sequence[Device]) -> BootFiles:
         return self._base.boot_files(devices)

@@ -6,15 +6,10 @@ a new one gets these tests with no list to edit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from pytest_qemu import VM, VMFactory
 from pytest_qemu.platforms import get_platform, names
-from pytest_qemu.plugin.session import QemuSession
-from pytest_qemu.vm.snapshot import SnapshotStore
 
 pytestmark = pytest.mark.vm
 
@@ -35,18 +30,9 @@ def arch(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def factory(request: pytest.FixtureRequest, tmp_path: Path, arch: str) -> Iterator[VMFactory]:
-    """VMs with a snapshot store private to this test, so the first one builds a template."""
-    made = VMFactory(
-        QemuSession.of(request.config),
-        log_root=tmp_path,
-        snapshots=SnapshotStore(tmp_path / "snapshots"),
-        defaults={"arch": arch},
-    )
-    try:
-        yield made
-    finally:
-        made.close()
+def factory(private_factory: VMFactory) -> VMFactory:
+    """VMs with a template store private to this test, so the first one builds a template."""
+    return private_factory
 
 
 def _flash_files(argv: list[str]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,9 +12,8 @@ import pytest
 from pytest_qemu import VM, ArbitraryArgs, Disk, Network, P9Directory, VirtioRandom, VMFactory
 from pytest_qemu.devices.base import Device
 from pytest_qemu.errors import SnapshotWarning
-from pytest_qemu.plugin.session import QemuSession
 from pytest_qemu.vm.launcher import Launcher
-from pytest_qemu.vm.snapshot import Snapshot, SnapshotStore
+from pytest_qemu.vm.snapshot import Snapshot
 from pytest_qemu.vm.start import clone as clone_strategy
 from pytest_qemu.vm.start.base import StartOutcome
 
@@ -24,22 +23,13 @@ StartVM = Callable[[list[Device]], VM]
 
 
 @pytest.fixture
-def start_vm(request: pytest.FixtureRequest, tmp_path: Path, arch: str) -> Iterator[StartVM]:
+def start_vm(private_factory: VMFactory) -> StartVM:
     """Starts VMs on the default guest of *arch* with a snapshot store private to this test."""
-    factory = VMFactory(
-        QemuSession.of(request.config),
-        log_root=tmp_path,
-        snapshots=SnapshotStore(tmp_path / "snapshots"),
-        defaults={"arch": arch},
-    )
 
     def start(devices: list[Device]) -> VM:
-        return factory(devices=devices, boot_timeout=120)
+        return private_factory(devices=devices, boot_timeout=120)
 
-    try:
-        yield start
-    finally:
-        factory.close()
+    return start
 
 
 def test_restored_vms_are_isolated_and_personalised(start_vm: StartVM, tmp_path: Path) -> None:

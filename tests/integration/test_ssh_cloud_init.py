@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,14 @@ SEED = CloudInit(
     user_data={"write_files": [{"path": "/etc/seeded", "content": "yes\n"}]},
     meta_data={"instance-id": "pinned", "local-hostname": "cloudy"},
 )
+#: How the tests start VMs of the cloud image: firmware alone, cloud-init, SSH.
+CLOUD_VM: dict[str, Any] = {
+    "channel": "ssh",
+    "cloud_init": SEED,
+    "firmware": "uefi",
+    "memory": 512,
+    "boot_timeout": 600,
+}
 
 
 @pytest.fixture(scope="session")
@@ -56,14 +65,7 @@ def forwarded_port(vm: VM) -> int:
 def cloud_vm(qemu_session_vm_factory: VMFactory, cloud_image: DebianImage) -> Iterator[VM]:
     """One VM of the cloud image, booted by UEFI firmware alone, set up by cloud-init,
     reached over SSH (shared: a first boot with cloud-init takes minutes under emulation)."""
-    vm = qemu_session_vm_factory(
-        image=cloud_image.disk,
-        channel="ssh",
-        cloud_init=SEED,
-        firmware="uefi",
-        memory=512,
-        boot_timeout=600,
-    )
+    vm = qemu_session_vm_factory(image=cloud_image.disk, **CLOUD_VM)
     yield vm
     vm.shutdown()
 
@@ -84,14 +86,7 @@ def test_clones_of_an_ssh_template_each_have_their_own_port(
     cloud_vm: VM, qemu_vm_factory: VMFactory, cloud_image: DebianImage
 ) -> None:
     assert cloud_vm.restored_from is not None  # the template was built by this VM
-    clone = qemu_vm_factory(
-        image=cloud_image.disk,
-        channel="ssh",
-        cloud_init=SEED,
-        firmware="uefi",
-        memory=512,
-        boot_timeout=600,
-    )
+    clone = qemu_vm_factory(image=cloud_image.disk, **CLOUD_VM)
     assert clone.restored_from == cloud_vm.restored_from
     assert forwarded_port(clone) != forwarded_port(cloud_vm)
     clone.check("touch /tmp/only-in-the-clone")
