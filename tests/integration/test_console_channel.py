@@ -142,3 +142,12 @@ def test_the_console_comes_up_while_another_vm_boots(
         booting.join()
         neighbour.kill()
     assert neighbour.boot_seconds is not None  # it did boot, beside the console VM
+
+
+def test_the_idle_agent_keeps_off_the_console(console_vm: VM) -> None:
+    # The default guest's agent finds no virtio-serial port in a VM reached through its
+    # console. It used to say so on the console after about ten seconds of guest time,
+    # in the middle of whatever command's output was coming back there.
+    console_vm.check("while [ $(cut -d. -f1 /proc/uptime) -lt 30 ]; do sleep 1; done", timeout=300)
+    assert console_vm.check("echo quiet") == "quiet\n"
+    assert b"pytest-qemu agent:" not in console_vm.console_log.read_bytes()
