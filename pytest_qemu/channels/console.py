@@ -59,6 +59,8 @@ class ConsoleChannel(CommandChannel):
     console log, ``vm.console.text()`` and ``expect``, still works).
     """
 
+    personalises_on_resume = True
+
     def __init__(self, socket_dir: Path, credentials: tuple[str, str] | None = None) -> None:
         self.socket_path = socket_dir / "console.sock"
         self.credentials = credentials
@@ -83,10 +85,7 @@ class ConsoleChannel(CommandChannel):
 
     def wait_ready(self, deadline: float, resumed: bool = False) -> str:
         nonce = secrets.token_hex(6)
-        # The shell prints the marker with the sum worked out; its echo of the command
-        # line shows the expression, so the echo is never taken for the answer.
-        marker = f"PQ_READY_{nonce}_42".encode()
-        probe = f"echo PQ_READY_{nonce}_$((40 + 2))\n".encode()
+        marker = re.compile(rf"PQ_READY_{nonce}_(\d+)_42".encode())
         logged_in = False
         # A booting guest is not typed at until its console has shown something and gone
         # quiet: bytes that reach some platforms' UARTs while the kernel brings the port up
@@ -95,7 +94,7 @@ class ConsoleChannel(CommandChannel):
         probed = False
         while True:
             now = time.monotonic()
-            if marker in self._buffer:
+            if answer := marker.search(self._buffer):
                 break
             if now >= deadline:
                 raise NoReply(
@@ -126,11 +125,20 @@ class ConsoleChannel(CommandChannel):
                 or (self._buffer and now - self._last_output >= _PROMPT_SETTLE)
                 or now - began >= _SILENT_CONSOLE_GRACE
             ):
-                self._send(probe)
+                self._send(ready_probe(nonce, resumed))
                 probed = True
                 next_probe = now + _PROBE_INTERVAL
             self._receive(min(deadline, next_probe) - time.monotonic())
+        # Read the match before the buffer it points into changes.
+        status = int(answer.group(1))
         self._buffer.clear()
+        if resumed:
+            if status != 0:
+                raise RequestRefused(
+                    f"setting the restored guest's clock failed (date exited with {status})"
+                )
+            # This is the template's shell, set up before the template was saved.
+            return "-"
         # A quiet, echo-free, prompt-free shell; kernel messages kept off the console.
         setup = (
             "stty -echo -onlcr 2>/dev/null; export PS1='' PS2='' TERM=dumb; "
@@ -143,19 +151,10 @@ class ConsoleChannel(CommandChannel):
 
     def run(self, request: CommandRequest) -> CommandResult:
         request_id = next(self._ids)
-        work = f"{_WORK}/{request_id}"
         limit = request.memory_limit or DEFAULT_MEMORY_LIMIT
         stdout = CommandOutput(limit, request.spill_dir)
         stderr = CommandOutput(limit, request.spill_dir)
-        runner = shell_runner(request)
-        # A terminal reads at most 4095 characters a line: base64 in short lines.
-        stdin = base64.encodebytes(request.stdin).decode().rstrip("\n")
-        script = (
-            f"mkdir -p {work} && base64 -d > {work}/in <<'PQ_INPUT'\n{stdin}\nPQ_INPUT\n"
-            f"{runner} < {work}/in > {work}/out 2> {work}/err; status=$?\n"
-            f"echo; echo PQ_OUT_{request_id}; base64 {work}/out; echo PQ_ERR_{request_id}; "
-            f"base64 {work}/err; echo PQ_STATUS_{request_id}_$status; rm -rf {work}\n"
-        )
+        script = command_script(request, request_id)
         started = time.monotonic()
         deadline = (
             float("inf") if request.timeout is None else started + request.timeout + REPLY_GRACE
@@ -259,6 +258,47 @@ class ConsoleChannel(CommandChannel):
         if self._socket is None:
             raise ChannelClosed("not connected to the console")
         return self._socket
+
+
+def ready_probe(nonce: str, resumed: bool) -> bytes:
+    """The line typed to see whether a shell answers: it prints ``PQ_READY_<nonce>_<status>_42``.
+
+    The shell works the sum out, while its echo of the line shows the expression, so the
+    echo is never taken for the answer. On a *resumed* guest the line first sets the
+    clock to the host's and stirs 256 random bits into the kernel's pool (``echo`` is a
+    shell builtin: ``date`` is the only process), and *status* is how that went.
+    """
+    answer = f"echo PQ_READY_{nonce}_$?_$((40 + 2))\n"
+    if not resumed:
+        return f"true; {answer}".encode()
+    # 256 random bits as 43 characters: a console takes in a line slowly.
+    entropy = secrets.token_urlsafe(32)
+    clock = f"date -u -s @{int(time.time())} >/dev/null"
+    return f"{clock} && echo {entropy} >/dev/urandom; {answer}".encode()
+
+
+def command_script(request: CommandRequest, request_id: int) -> str:
+    """The lines typed to run *request*: its output goes to files in the guest, then comes
+    back base64-encoded between markers, with its exit status.
+
+    As few processes as it can: each costs a restored guest dearly (under TCG its code is
+    translated anew in each QEMU), so input is decoded only if there is some, and only
+    output there is gets encoded.
+    """
+    files = f"{_WORK}/{request_id}"
+    script = f"[ -d {_WORK} ] || mkdir -p {_WORK}\n"
+    source = "/dev/null"
+    if request.stdin:
+        # A terminal reads at most 4095 characters a line: base64 in short lines.
+        stdin = base64.encodebytes(request.stdin).decode().rstrip("\n")
+        script += f"base64 -d > {files}.in <<'PQ_INPUT'\n{stdin}\nPQ_INPUT\n"
+        source = f"{files}.in"
+    return script + (
+        f"{shell_runner(request)} < {source} > {files}.out 2> {files}.err; status=$?\n"
+        f"echo; echo PQ_OUT_{request_id}; [ -s {files}.out ] && base64 {files}.out; "
+        f"echo PQ_ERR_{request_id}; [ -s {files}.err ] && base64 {files}.err; "
+        f"echo PQ_STATUS_{request_id}_$status; rm -f {files}.*\n"
+    )
 
 
 def _decode(text: bytes) -> bytes:

@@ -18,9 +18,13 @@ def shell_runner(request: CommandRequest) -> str:
     command = request.command
     if request.cwd:
         command = f"cd {shlex.quote(request.cwd)} || exit 126\n{command}"
-    environment = " ".join(shlex.quote(f"{name}={value}") for name, value in request.env.items())
+    # Through env only when there are variables to set: one process less.
+    environment = "".join(
+        f"{shlex.quote(f'{name}={value}')} " for name, value in request.env.items()
+    )
+    setting = f"env {environment}" if environment else ""
     seconds = 0 if request.timeout is None else max(1, round(request.timeout))
-    return f"timeout -s KILL {seconds} env {environment} sh -c {shlex.quote(command)}"
+    return f"timeout -s KILL {seconds} {setting}sh -c {shlex.quote(command)}"
 
 
 def timed_out(request: CommandRequest, returncode: int, duration: float) -> bool:

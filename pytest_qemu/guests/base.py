@@ -43,6 +43,11 @@ class Guest(abc.ABC):
     #: A shell command that an interactive shell on the console starts with ("": none).
     console_shell: str = ""
 
+    #: A shell command that returns once the guest's own start-up has finished (its init
+    #: starting services), run before the VM is saved as a template, so that clones do
+    #: not carry that work on ("": the guest is quiet once its channel answers).
+    startup_finished_command: str = ""
+
     @property
     def boot_timeout_hint(self) -> str:
         """What to check when the guest does not answer within the boot timeout."""

@@ -45,11 +45,22 @@ _SEED_HINT = (
     "cloud-init ran at all"
 )
 
+#: Wait (a minute at most) until systemd has started everything it starts at boot, then
+#: two seconds for what that leaves behind. A template saved as soon as the channel answers
+#: has every clone finish that work first, its code translated anew in each QEMU: a
+#: guest-agent clone was ready in 1.28 s instead of 0.47 s, and its guest CPU was 65 %
+#: busy for seconds after (81 % idle once settled).
+_STARTUP_FINISHED = (
+    "if command -v systemctl >/dev/null; then timeout 60 systemctl is-system-running --wait; "
+    "fi >/dev/null 2>&1; sleep 2; true"
+)
+
 
 class ImageGuest(Guest):
     """A VM booting the disk image *image* (see the module's docstring)."""
 
     reads_setup_from_kernel_command_line = False
+    startup_finished_command = _STARTUP_FINISHED
 
     def __init__(
         self,

@@ -203,11 +203,11 @@ class GuestCommands:
             return self.check("dmesg", timeout, b"", None, None)
         return log
 
-    def run_setup(self, command: str, stdin: bytes = b"") -> None:
+    def run_setup(self, command: str, stdin: bytes = b"", timeout: float = 60) -> None:
         """Run a set-up *command* in the guest's own root (not a userland it chroots into)."""
-        request = CommandRequest(command, stdin=stdin, timeout=60, root="/")
+        request = CommandRequest(command, stdin=stdin, timeout=timeout, root="/")
         channel = self._launcher.channel
-        result = self.call("set up the guest", lambda: channel.run(request), 60)
+        result = self.call("set up the guest", lambda: channel.run(request), timeout)
         if result.returncode != 0:
             raise GuestSetupError(
                 self._launcher.failure_report(f"guest setup failed:\n{result.stderr}")

@@ -40,6 +40,11 @@ def wait_until_ready(launcher: Launcher, deadline: float, resumed: bool) -> str:
             raise VMExited(
                 launcher.failure_report(f"QEMU exited while the VM was starting ({error})")
             ) from None
+        if resumed:
+            # A clone: the caller boots instead, and says why in a SnapshotWarning.
+            raise BootTimeout(
+                launcher.failure_report(f"the restored guest did not get ready ({error})")
+            ) from None
         hint = launcher.guest.boot_timeout_hint
         raise BootTimeout(
             launcher.failure_report(

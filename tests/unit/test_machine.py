@@ -6,12 +6,16 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from pytest_qemu import VM, MachineSpec, VMExited
-from pytest_qemu.vm import process, rundir
+from pytest_qemu import VM, BootTimeout, MachineSpec, VMExited
+from pytest_qemu.channels.base import NoReply
+from pytest_qemu.vm import process, readiness, rundir
 from pytest_qemu.vm.start import template
 
 
@@ -130,3 +134,36 @@ def test_qemu_slow_to_answer_on_qmp_gets_the_boot_timeout_not_a_fixed_wait(
     headline = str(failure.value).splitlines()[0]
     assert "QMP" not in headline and "command channel" in headline, headline
     assert vm.pid is not None and not vm.is_running()
+
+
+class _SilentChannel:
+    """A channel whose guest never answers."""
+
+    def connect(self, deadline: float, qemu_running: object) -> None:
+        pass
+
+    def wait_ready(self, deadline: float, resumed: bool = False) -> str:
+        raise NoReply("no answer from the guest agent")
+
+
+def test_a_clone_that_does_not_answer_is_not_blamed_on_the_boot_timeout() -> None:
+    launcher: Any = SimpleNamespace(
+        channel=_SilentChannel(),
+        socket_wait=1.0,
+        is_running=lambda: True,
+        has_exited=lambda: False,
+        failure_report=lambda headline, *rest: headline,
+        guest=SimpleNamespace(boot_timeout_hint="is qemu-guest-agent installed?"),
+        boot_timeout=300.0,
+    )
+    deadline = time.monotonic() + 1
+    # A clone that does not get ready boots instead: its reason names no boot timeout.
+    with pytest.raises(BootTimeout) as restored:
+        readiness.wait_until_ready(launcher, deadline, resumed=True)
+    assert str(restored.value) == (
+        "the restored guest did not get ready (no answer from the guest agent)"
+    )
+    with pytest.raises(BootTimeout) as booting:
+        readiness.wait_until_ready(launcher, deadline, resumed=False)
+    assert "within the boot timeout of 300 s" in str(booting.value)
+    assert "is qemu-guest-agent installed?" in str(booting.value)

@@ -66,6 +66,8 @@ def build_template(launcher: Launcher, snapshot: Snapshot, started: float) -> St
                 "could not grow (is that file system full?)"
             )
             return boot_without_template(launcher, reason)
+        if launcher.guest.startup_finished_command:
+            launcher.commands.run_setup(launcher.guest.startup_finished_command, timeout=90)
         launcher.channel.settle(started + launcher.boot_timeout)
         disks = [path for device in launcher.plan.spec.devices if (path := device.template_file())]
         if save(process, snapshot, partial_ram, launcher.files.paths.console_log, disks):
