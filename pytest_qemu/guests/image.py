@@ -171,7 +171,9 @@ class ImageGuest(Guest):
 
     @property
     def snapshot_key_parts(self) -> tuple[str, ...]:
-        return ("image", self._identity, self.channel_name)
+        # How the template waited for the image's start-up: templates saved otherwise
+        # (by an earlier version: at once) are not this one's.
+        return ("image", self._identity, self.channel_name, self.startup_finished_command)
 
     def __repr__(self) -> str:
         return f"ImageGuest({str(self.image)!r}, channel={self.channel_name!r})"
