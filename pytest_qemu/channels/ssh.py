@@ -227,6 +227,24 @@ class SSHChannel(CommandChannel):
         destination.chmod(mode)
         return mode
 
+    def _connected(self) -> Any:
+        """The open connection; once it has closed, a new login first.
+
+        The template's login is closed before the template is saved (a VM whose save
+        failed carries on without it), and a guest may end a session (its sshd killed):
+        the next command logs in again, as the agent channels find a restarted agent.
+        """
+        connection = self._connection
+        if connection is not None and not connection.is_closed():
+            return connection
+        outcome, _ = self._login(_LOGIN_TIMEOUT)
+        if outcome is not None:
+            raise AgentGone(
+                f"the SSH connection to 127.0.0.1:{self.port} closed, and logging in again "
+                f"failed: {outcome}"
+            )
+        return self._connection
+
     def _exchange(
         self,
         remote_command: str,
@@ -236,9 +254,7 @@ class SSHChannel(CommandChannel):
         timeout: float | None,
     ) -> int:
         """Run *remote_command* in a new session, streaming; its exit status."""
-        connection = self._connection
-        if connection is None:
-            raise AgentGone(f"the SSH connection to 127.0.0.1:{self.port} is closed")
+        connection = self._connected()
         limit = None if timeout is None else timeout + REPLY_GRACE
         try:
             status: int = loop_thread.run(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_qemu import VM, BootTimeout, CloudInit, CommandTimeout, VMFactory
+from pytest_qemu import VM, AgentDied, BootTimeout, CloudInit, CommandTimeout, VMFactory
 from pytest_qemu.channels.base import NoReply
 from pytest_qemu.channels.ssh import SSHChannel
 from pytest_qemu.channels.sshkeys import generate_key_pair, session_key
@@ -116,6 +116,14 @@ def test_a_timeout_ends_the_remote_process_group(cloud_vm: VM) -> None:
         cloud_vm.run("sleep 300 & sleep 301; wait", timeout=2)
     assert time.monotonic() - started < 30
     assert cloud_vm.run("pgrep -f 'sleep 30[01]'").returncode == 1
+
+
+def test_a_session_the_guest_ends_is_followed_by_a_new_login(cloud_vm: VM) -> None:
+    # The guest ends the channel's session under a command (the user's sshd killed): the
+    # command fails saying so, and the next one logs in again.
+    with pytest.raises(AgentDied):
+        cloud_vm.run('pkill -KILL -u "$(id -u)" -x sshd; sleep 30', timeout=60)
+    assert cloud_vm.check("echo back") == "back\n"
 
 
 def test_the_forward_is_on_loopback_only(cloud_vm: VM) -> None:
