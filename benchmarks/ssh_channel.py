@@ -12,7 +12,7 @@ with ``channel="ssh"``, then measures in the same run, against the same sshd:
 - the round trip of ``true``: an ``ssh -S`` client multiplexed over a control
   master (a host process per command), against ``conn.run("true")`` on an open
   asyncssh connection (a new session each); then the same with the line the
-  channel really sends (``timeout ... env ... sh -c``), and ``vm.run("true")``;
+  channel really sends (``timeout ... sh -c``), and ``vm.run("true")``;
 - the time to move 20 MB of output (``head -c`` from ``/dev/zero``) each way.
 
 The guest's side (sshd forking a session, the user's shell) is the same for both;

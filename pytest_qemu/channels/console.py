@@ -33,7 +33,7 @@ from pytest_qemu.channels.base import (
     RequestRefused,
 )
 from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
-from pytest_qemu.channels.shell import shell_runner, timed_out
+from pytest_qemu.channels.shell import set_clock_line, shell_runner, timed_out
 from pytest_qemu.sockets import connect_unix
 
 _PROBE_INTERVAL = 1.0
@@ -273,8 +273,7 @@ def ready_probe(nonce: str, resumed: bool) -> bytes:
         return f"true; {answer}".encode()
     # 256 random bits as 43 characters: a console takes in a line slowly.
     entropy = secrets.token_urlsafe(32)
-    clock = f"date -u -s @{int(time.time())} >/dev/null"
-    return f"{clock} && echo {entropy} >/dev/urandom; {answer}".encode()
+    return f"{set_clock_line()} && echo {entropy} >/dev/urandom; {answer}".encode()
 
 
 def command_script(request: CommandRequest, request_id: int) -> str:

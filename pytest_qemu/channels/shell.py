@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import shlex
+import time
 
 from pytest_qemu.channels.base import CommandRequest
+
+
+def set_clock_line() -> str:
+    """The shell command that sets the guest's clock to the host's, now (to the second)."""
+    return f"date -u -s @{int(time.time())} >/dev/null"
 
 
 def shell_runner(request: CommandRequest) -> str:

@@ -47,7 +47,7 @@ from pytest_qemu.channels.base import (
     RequestRefused,
 )
 from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
-from pytest_qemu.channels.shell import shell_runner, timed_out
+from pytest_qemu.channels.shell import set_clock_line, shell_runner, timed_out
 from pytest_qemu.channels.sshkeys import session_key
 
 #: The user a cloud-init seed creates and the channel logs in as by default.
@@ -124,7 +124,7 @@ class SSHChannel(CommandChannel):
         translated anew in each QEMU). A user other than root sets the clock through
         ``sudo -n``, as a cloud-init seed's user may; one who may not keeps the template's
         clock."""
-        clock = f"date -u -s @{int(time.time())} >/dev/null 2>&1"
+        clock = f"{set_clock_line()} 2>&1"
         if self.user != "root":
             clock = f"sudo -n {clock}"
         line = f"{clock}; echo {secrets.token_urlsafe(32)} >/dev/urandom"

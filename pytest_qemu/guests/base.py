@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import abc
 import shlex
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.channels.shell import set_clock_line
 from pytest_qemu.devices.base import Device
 from pytest_qemu.platforms import Platform
 
@@ -103,7 +103,7 @@ def personalise_command(
     """
     steps = []
     if clock_and_entropy:
-        steps.append(f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom")
+        steps.append(f"{set_clock_line()}; head -c 64 >/dev/urandom")
     if with_devices:
         setup = " ".join(shlex.quote(argument) for argument in setup_args)
         # Disks were probed when the template was saved: forget what the guest cached

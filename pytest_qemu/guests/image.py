@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import secrets
 import shlex
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pytest_qemu.cache import cache_key, file_fingerprint
 from pytest_qemu.channels import CHANNELS, open_channel
 from pytest_qemu.channels.base import CommandChannel
+from pytest_qemu.channels.shell import set_clock_line
 from pytest_qemu.channels.sshkeys import session_key
 from pytest_qemu.devices.base import Device
 from pytest_qemu.devices.cloudinit import CloudInitSeed
@@ -162,7 +162,7 @@ class ImageGuest(Guest):
         # The image has no pytest-qemu scripts: the setup script travels in the command.
         steps = []
         if clock_and_entropy:
-            steps.append(f"date -u -s @{int(time.time())} >/dev/null; head -c 64 >/dev/urandom")
+            steps.append(f"{set_clock_line()}; head -c 64 >/dev/urandom")
         if setup_args:
             script = guest_script("setup").decode()
             arguments = " ".join(shlex.quote(argument) for argument in setup_args)

@@ -87,6 +87,7 @@ def test_the_serial_console_channel(qemu_vm_factory: VMFactory, debian: DebianIm
     vm = _boot(qemu_vm_factory, debian, channel="console")
     result = vm.run("echo out; echo err >&2; id -un; exit 3")
     assert (result.returncode, result.stdout, result.stderr) == (3, "out\nroot\n", "err\n")
+    assert vm.check("systemctl is-system-running --wait >/dev/null; echo ok") == "ok\n"
     assert vm.restored_from is not None
     # Personalised on restore through the shell's first line: the host's clock.
     assert abs(int(vm.check("date +%s")) - time.time()) < 10
