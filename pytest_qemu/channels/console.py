@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import itertools
 import re
 import secrets
 import select
 import shlex
 import socket
+import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,14 +39,13 @@ from pytest_qemu.channels.output import DEFAULT_MEMORY_LIMIT, CommandOutput
 from pytest_qemu.channels.shell import set_clock_line, shell_runner, timed_out
 from pytest_qemu.sockets import connect_unix
 
-_PROBE_INTERVAL = 1.0
 #: A login prompt ends the console's output (getty's "host login: " waiting for a name);
 #: "host login: root (automatic login)" is not one.
 _LOGIN_PROMPT = re.compile(rb"login:[ \t]*\Z")
 #: How long a prompt must stay the last thing on the console to count as one.
 _PROMPT_SETTLE = 0.5
-#: A console that shows nothing for this long is typed at all the same.
-_SILENT_CONSOLE_GRACE = 5.0
+#: How often QEMU's uptake of a probe typed at a booting guest is checked.
+_PENDING_POLL = 0.05
 _PASSWORD_PROMPT = re.compile(rb"[Pp]assword:\s*$", re.M)
 _CURSOR_QUERY = b"\x1b[6n"
 #: Where the guest keeps a command's input and output while it runs.
@@ -60,6 +62,10 @@ class ConsoleChannel(CommandChannel):
     """
 
     personalises_on_resume = True
+    #: How often the ready probe is typed again while no shell answers it.
+    probe_interval = 1.0
+    #: A booting guest's console that shows nothing for this long is typed at all the same.
+    silent_console_grace = 5.0
 
     def __init__(self, socket_dir: Path, credentials: tuple[str, str] | None = None) -> None:
         self.socket_path = socket_dir / "console.sock"
@@ -84,12 +90,13 @@ class ConsoleChannel(CommandChannel):
     # -- readiness ----------------------------------------------------------------------------
 
     def wait_ready(self, deadline: float, resumed: bool = False) -> str:
-        nonce = secrets.token_hex(6)
-        marker = re.compile(rf"PQ_READY_{nonce}_(\d+)_42".encode())
+        nonce = secrets.token_hex(3)
+        marker = re.compile(rf"PQ{nonce}_(\d+)_42".encode())
         logged_in = False
         # A booting guest is not typed at until its console has shown something and gone
-        # quiet: bytes that reach some platforms' UARTs while the kernel brings the port up
-        # can wedge its input for good (seen here with another VM booting beside it).
+        # quiet, and a probe is typed again only once QEMU has taken all of the last one:
+        # see _typed_bytes_pending for why bytes must not pile up before the kernel reads.
+        # (A restored guest's shell is reading already.)
         began = next_probe = time.monotonic()
         probed = False
         while True:
@@ -119,15 +126,21 @@ class ConsoleChannel(CommandChannel):
                 self._send(f"{self.credentials[1]}\n".encode())
                 logged_in = True
                 next_probe = time.monotonic() + 0.5
+            if probed and not resumed and self._typed_bytes_pending():
+                # The next probe waits a full interval after QEMU takes this one's last
+                # byte, so that it cannot arrive while the kernel drains the UART.
+                next_probe = now + self.probe_interval
+                self._receive(min(deadline, now + _PENDING_POLL) - now)
+                continue
             if now >= next_probe and (
                 resumed
                 or probed
                 or (self._buffer and now - self._last_output >= _PROMPT_SETTLE)
-                or now - began >= _SILENT_CONSOLE_GRACE
+                or now - began >= self.silent_console_grace
             ):
                 self._send(ready_probe(nonce, resumed))
                 probed = True
-                next_probe = now + _PROBE_INTERVAL
+                next_probe = now + self.probe_interval
             self._receive(min(deadline, next_probe) - time.monotonic())
         # Read the match before the buffer it points into changes.
         status = int(answer.group(1))
@@ -225,6 +238,22 @@ class ConsoleChannel(CommandChannel):
                 raise ChannelClosed(f"the console connection broke: {error}") from None
             view = view[sent:]
 
+    def _typed_bytes_pending(self) -> bool:
+        """Whether QEMU has not yet taken all that was typed: the guest is not reading.
+
+        This is what keeps a booting aarch64 guest's console alive. Until its kernel opens
+        the PL011 UART, QEMU holds typed bytes in the UART's 16-byte FIFO and leaves the
+        rest in this socket. When the port opens, Linux clears the receive interrupt and
+        drains at most 32 bytes, and QEMU refills the FIFO as fast as it is read: with more
+        than about 32 bytes waiting, the FIFO is still full when the drain stops, no
+        interrupt is ever raised again, and the console takes no more input (measured with
+        QEMU 7.2 and Linux 6.1: 32 bytes typed early were fine, 45 wedged it every time).
+        So at most one probe, shorter than that, is ever waiting, and the next one is
+        typed a probe interval after QEMU has taken the last, not during the drain.
+        """
+        queued = fcntl.ioctl(self._connection().fileno(), termios.TIOCOUTQ, bytes(4))
+        return int.from_bytes(queued, sys.byteorder) > 0
+
     def _wait_for(self, pattern: re.Pattern[bytes], deadline: float) -> re.Match[bytes]:
         while True:
             match = pattern.search(self._buffer)
@@ -261,16 +290,18 @@ class ConsoleChannel(CommandChannel):
 
 
 def ready_probe(nonce: str, resumed: bool) -> bytes:
-    """The line typed to see whether a shell answers: it prints ``PQ_READY_<nonce>_<status>_42``.
+    """The line typed to see whether a shell answers: it prints ``PQ<nonce>_<status>_42``.
 
     The shell works the sum out, while its echo of the line shows the expression, so the
     echo is never taken for the answer. On a *resumed* guest the line first sets the
     clock to the host's and stirs 256 random bits into the kernel's pool (``echo`` is a
-    shell builtin: ``date`` is the only process), and *status* is how that went.
+    shell builtin: ``date`` is the only process), and *status* is how that went. A
+    booting guest's line is under 32 bytes, which a booting aarch64 guest's UART can
+    take before its kernel reads it (more wedges its input).
     """
-    answer = f"echo PQ_READY_{nonce}_$?_$((40 + 2))\n"
+    answer = f"echo PQ{nonce}_$?_$((40+2))\n"
     if not resumed:
-        return f"true; {answer}".encode()
+        return answer.encode()
     # 256 random bits as 43 characters: a console takes in a line slowly.
     entropy = secrets.token_urlsafe(32)
     return f"{set_clock_line()} && echo {entropy} >/dev/urandom; {answer}".encode()

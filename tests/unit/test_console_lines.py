@@ -27,9 +27,12 @@ def _shell(line: str, prelude: str = "") -> str:
 def test_a_booting_guest_is_probed_without_touching_its_clock() -> None:
     line = ready_probe("abc123", resumed=False).decode()
     assert "date" not in line and line.count("\n") == 1
-    assert re.search(r"PQ_READY_abc123_0_42\n", _shell(line))
+    assert re.search(r"PQabc123_0_42\n", _shell(line))
     # Its echo on the terminal is never taken for the answer.
-    assert not re.search(rb"PQ_READY_abc123_\d+_42", line.encode())
+    assert not re.search(rb"PQabc123_\d+_42", line.encode())
+    # More than 32 bytes typed before a booting aarch64 guest's kernel opens its UART
+    # wedge the console's input (see ConsoleChannel._typed_bytes_pending).
+    assert len(line.encode()) < 32
 
 
 def test_a_restored_guest_gets_the_hosts_clock_and_entropy_in_the_probe() -> None:
@@ -40,8 +43,8 @@ def test_a_restored_guest_gets_the_hosts_clock_and_entropy_in_the_probe() -> Non
     assert ready_probe("abc123", resumed=True) != ready_probe("abc123", resumed=True)
     # date, stood in for by a shell function (the host's clock stays as it is): its
     # status reaches the marker, and on success the entropy goes to /dev/urandom.
-    assert re.search(r"PQ_READY_abc123_0_42", _shell(line, "date() { return 0; }; "))
-    assert re.search(r"PQ_READY_abc123_5_42", _shell(line, "date() { return 5; }; "))
+    assert re.search(r"PQabc123_0_42", _shell(line, "date() { return 0; }; "))
+    assert re.search(r"PQabc123_5_42", _shell(line, "date() { return 5; }; "))
 
 
 @pytest.mark.parametrize("stdin", [b"", b"\x00binary\xff input\n" * 300])
