@@ -71,8 +71,9 @@ class GuestUnresponsive(VMError):
 
 
 class AgentDied(VMError):
-    """The guest's command agent died while it ran a command (an OOM kill, ``kill -9 -1``).
-    The agent restarts by itself: the VM can run the next command."""
+    """The guest side of the VM's command channel went away while it ran a command: the
+    agent died (an OOM kill, ``kill -9 -1``), or the guest ended the SSH session. The VM
+    can run the next command: an agent restarts by itself, the SSH channel logs in again."""
 
 
 class GuestKernelTrouble(VMError):

@@ -166,6 +166,16 @@ class CommandChannel(abc.ABC):
         """Wait until what the guest side starts after announcing itself has started
         (called before a VM is saved as a template)."""
 
+    def loss_message(self, action: str, why: str) -> str:
+        """What a user reads when the guest side went away under *action* (the
+        :class:`AgentGone` that said *why*) and the VM still runs: what died, and what
+        the next request finds."""
+        return (
+            f"the guest's command agent died while trying to {action} ({why}); it restarts "
+            "by itself, so the VM can run the next command. The console shows why (an "
+            "out-of-memory kill, a signal)"
+        )
+
     def kernel_log(self, timeout: float | None) -> str | None:
         """The guest kernel's log as ``dmesg`` prints it, read without starting a
         process in the guest; None if this channel cannot (callers run ``dmesg``)."""

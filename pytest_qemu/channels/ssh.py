@@ -119,15 +119,7 @@ class SSHChannel(CommandChannel):
             time.sleep(min(_RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))
 
     def _personalise(self, deadline: float) -> None:
-        """Give a restored guest the host's clock and 256 random bits, in one line the
-        login shell runs itself (each process costs a clone dearly: under TCG its code is
-        translated anew in each QEMU). A user other than root sets the clock through
-        ``sudo -n``, as a cloud-init seed's user may; one who may not keeps the template's
-        clock."""
-        clock = f"{set_clock_line()} 2>&1"
-        if self.user != "root":
-            clock = f"sudo -n {clock}"
-        line = f"{clock}; echo {secrets.token_urlsafe(32)} >/dev/urandom"
+        line = personalise_line(self.user)
         errors = CommandOutput()
         timeout = max(1.0, deadline - time.monotonic() - REPLY_GRACE)
         if self._exchange(line, b"", lambda _: None, errors.write, timeout) != 0:
@@ -180,6 +172,13 @@ class SSHChannel(CommandChannel):
             # Closing what may already be gone (QEMU exited): nothing to report.
             with contextlib.suppress(Exception):
                 loop_thread.run(close(), 5)
+
+    def loss_message(self, action: str, why: str) -> str:
+        return (
+            f"the guest ended the SSH session while trying to {action} ({why}); the next "
+            "command logs in again. The guest's journal shows why (sshd killed, an "
+            "out-of-memory kill)"
+        )
 
     def settle(self, deadline: float) -> None:
         # The VM is about to be saved as a template: a clone must not inherit the login
@@ -322,3 +321,15 @@ _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "ABRT": 6, "KILL": 9, "SEGV": 11, "PI
 
 def _text(output: CommandOutput) -> str:
     return output.read_bytes().decode("utf-8", errors="replace").strip()
+
+
+def personalise_line(user: str) -> str:
+    """The line that gives a restored guest the host's clock and 256 random bits, run by
+    *user*'s login shell itself (each process costs a clone dearly: under TCG its code is
+    translated anew in each QEMU). A user other than root sets the clock through
+    ``sudo -n``, as a cloud-init seed's user may; one who may not keeps the template's
+    clock."""
+    clock = f"{set_clock_line()} 2>&1"
+    if user != "root":
+        clock = f"sudo -n {clock}"
+    return f"{clock}; echo {secrets.token_urlsafe(32)} >/dev/urandom"

@@ -272,11 +272,7 @@ class GuestCommands:
                         )
                     ) from None
                 raise AgentDied(
-                    launcher.failure_report(
-                        f"the guest's command agent died while trying to {action} ({error}); "
-                        "it restarts by itself, so the VM can run the next command. The console "
-                        "shows why (an out-of-memory kill, a signal)"
-                    )
+                    launcher.failure_report(launcher.channel.loss_message(action, str(error)))
                 ) from None
             except ChannelClosed as error:
                 launcher.has_exited()

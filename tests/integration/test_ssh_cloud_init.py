@@ -121,7 +121,7 @@ def test_a_timeout_ends_the_remote_process_group(cloud_vm: VM) -> None:
 def test_a_session_the_guest_ends_is_followed_by_a_new_login(cloud_vm: VM) -> None:
     # The guest ends the channel's session under a command (the user's sshd killed): the
     # command fails saying so, and the next one logs in again.
-    with pytest.raises(AgentDied):
+    with pytest.raises(AgentDied, match=r"the guest ended the SSH session .* logs in again"):
         cloud_vm.run('pkill -KILL -u "$(id -u)" -x sshd; sleep 30', timeout=60)
     assert cloud_vm.check("echo back") == "back\n"
 
