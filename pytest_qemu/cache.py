@@ -47,6 +47,28 @@ def make_writable_directory(path: Path) -> None:
         pass
 
 
+#: ``CACHEDIR.TAG`` as the Cache Directory Tagging Specification has it
+#: (https://bford.info/cachedir/): backup and archiving tools that honour it skip the
+#: directory, and a test suite can tell its pytest-qemu caches apart.
+CACHEDIR_TAG = (
+    b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    b"# This file is a cache directory tag created by pytest-qemu.\n"
+    b"# For information about cache directory tags see https://bford.info/cachedir/\n"
+)
+
+
+def tag_cache_directory(root: Path) -> None:
+    """Create *root* if needed and mark it as a cache with a ``CACHEDIR.TAG``, unless it is."""
+    tag = root / "CACHEDIR.TAG"
+    if tag.is_file():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    # Whole or not at all, whichever process writes it.
+    with tempfile.NamedTemporaryFile(dir=root, prefix=".CACHEDIR.TAG.", delete=False) as part:
+        part.write(CACHEDIR_TAG)
+    os.replace(part.name, tag)
+
+
 def file_fingerprint(path: Path) -> str:
     """Identifies a file's version cheaply: path, size and modification time."""
     stat = path.stat()
@@ -142,6 +164,7 @@ class BuildCache:
         if self._intact(target):
             return target
         try:
+            tag_cache_directory(self.root)
             directory.mkdir(parents=True, exist_ok=True)
             with build_lock(directory / f"{key}.lock"):
                 if not self._intact(target):

@@ -41,6 +41,15 @@ def test_concurrent_callers_build_once_and_leave_no_lock(tmp_path: Path) -> None
     assert sorted(path.name for path in (tmp_path / "kind").iterdir()) == ["k.bin", "k.bin.sum"]
 
 
+def test_the_cache_is_tagged_as_one_for_backup_tools(tmp_path: Path) -> None:
+    root = tmp_path / "new" / "cache"
+    BuildCache(root).get("kind", "k", ".bin", lambda out: out.write(b"built") and None)
+    tag = (root / "CACHEDIR.TAG").read_bytes()
+    # The specification's first line, exactly; and nothing half-written left beside it.
+    assert tag.startswith(b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    assert sorted(path.name for path in root.iterdir()) == ["CACHEDIR.TAG", "kind"]
+
+
 def test_a_failed_build_leaves_nothing_and_the_next_caller_builds(tmp_path: Path) -> None:
     cache = BuildCache(tmp_path)
 
