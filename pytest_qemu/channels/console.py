@@ -247,7 +247,8 @@ class ConsoleChannel(CommandChannel):
         drains at most 32 bytes, and QEMU refills the FIFO as fast as it is read: with more
         than about 32 bytes waiting, the FIFO is still full when the drain stops, no
         interrupt is ever raised again, and the console takes no more input (measured with
-        QEMU 7.2 and Linux 6.1: 32 bytes typed early were fine, 45 wedged it every time).
+        QEMU 7.2 and Linux 6.1, another VM booting beside it: 32 bytes typed early were
+        fine, 45 wedged it, three boots each).
         So at most one probe, shorter than that, is ever waiting, and the next one is
         typed a probe interval after QEMU has taken the last, not during the drain.
         """
