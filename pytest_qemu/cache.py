@@ -58,15 +58,20 @@ CACHEDIR_TAG = (
 
 
 def tag_cache_directory(root: Path) -> None:
-    """Create *root* if needed and mark it as a cache with a ``CACHEDIR.TAG``, unless it is."""
+    """Mark the existing directory *root* as a cache with a ``CACHEDIR.TAG``, unless it is."""
     tag = root / "CACHEDIR.TAG"
     if tag.is_file():
         return
-    root.mkdir(parents=True, exist_ok=True)
     # Whole or not at all, whichever process writes it.
-    with tempfile.NamedTemporaryFile(dir=root, prefix=".CACHEDIR.TAG.", delete=False) as part:
-        part.write(CACHEDIR_TAG)
-    os.replace(part.name, tag)
+    descriptor, part = tempfile.mkstemp(dir=root, prefix=".CACHEDIR.TAG.")
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(CACHEDIR_TAG)
+        os.replace(part, tag)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
 
 
 def file_fingerprint(path: Path) -> str:
@@ -164,8 +169,8 @@ class BuildCache:
         if self._intact(target):
             return target
         try:
-            tag_cache_directory(self.root)
             directory.mkdir(parents=True, exist_ok=True)
+            tag_cache_directory(self.root)
             with build_lock(directory / f"{key}.lock"):
                 if not self._intact(target):
                     self._build(directory, key, target, build)
