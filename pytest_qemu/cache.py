@@ -58,20 +58,26 @@ CACHEDIR_TAG = (
 
 
 def tag_cache_directory(root: Path) -> None:
-    """Mark the existing directory *root* as a cache with a ``CACHEDIR.TAG``, unless it is."""
+    """Mark the existing directory *root* as a cache with a ``CACHEDIR.TAG``, unless it is.
+
+    A courtesy to backup tools: a directory that cannot take the tag (a full disk) works
+    as a cache all the same, so that failure is not reported.
+    """
     tag = root / "CACHEDIR.TAG"
     if tag.is_file():
         return
-    # Whole or not at all, whichever process writes it.
-    descriptor, part = tempfile.mkstemp(dir=root, prefix=".CACHEDIR.TAG.")
+    try:
+        # Whole or not at all, whichever process writes it.
+        descriptor, part = tempfile.mkstemp(dir=root, prefix=".CACHEDIR.TAG.")
+    except OSError:
+        return
     try:
         with os.fdopen(descriptor, "wb") as out:
             out.write(CACHEDIR_TAG)
         os.replace(part, tag)
-    except BaseException:
+    except OSError:
         with contextlib.suppress(OSError):
             os.unlink(part)
-        raise
 
 
 def file_fingerprint(path: Path) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_qemu.cache import build_lock, cache_key, file_fingerprint
+from pytest_qemu.cache import build_lock, cache_key, file_fingerprint, tag_cache_directory
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.vm.argv import MachineSpec
 
@@ -148,6 +148,7 @@ class SnapshotStore:
                 "--qemu-cache-dir (or PYTEST_QEMU_CACHE_DIR) at a writable directory, "
                 "or turn templates off with --qemu-snapshots=off"
             ) from None
+        tag_cache_directory(self.root)
         self._prune()
         return Snapshot(
             state=self.root / f"{key}.state",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_qemu.cache import CACHEDIR_TAG
 from pytest_qemu.errors import ConfigurationError
 from pytest_qemu.vm.snapshot import SnapshotStore
 
@@ -73,3 +74,14 @@ def test_a_template_directory_that_cannot_be_made_is_named(tmp_path: Path) -> No
     store = SnapshotStore(blocker / "snapshots")
     with pytest.raises(ConfigurationError, match=r"cannot keep VM templates in .*cache/snapshots"):
         store.get("0123")
+
+
+def test_the_store_is_tagged_as_a_cache_and_pruning_leaves_the_tag(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "snapshots", keep=1)
+    for key in ("a", "b"):
+        snapshot = store.get(key)
+        snapshot.state.write_bytes(b"state")
+        snapshot.ram.write_bytes(b"ram")
+    store.get("c")
+    assert (tmp_path / "snapshots" / "CACHEDIR.TAG").read_bytes() == CACHEDIR_TAG
+    assert not [path for path in (tmp_path / "snapshots").iterdir() if ".CACHEDIR" in path.name]
